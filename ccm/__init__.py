@@ -1,0 +1,1 @@
+"""ccmkit's cloud-controller-manager: the provider contract, providers and the cloud controllers."""
