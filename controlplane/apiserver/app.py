@@ -1,0 +1,200 @@
+"""The API server application: server state, the FastAPI app factory and the objects every cluster starts with.
+
+`ServerState` holds what a request needs (registry, store, one ResourceStore per resource, options, hooks that
+later components plug in: the kubelet proxy for logs/exec, an apply handler, an evictor). `create_app` wires the
+discovery, health, version and REST routes onto it. Only this package touches the Store.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+
+from controlplane.apiserver import discovery, errors
+from controlplane.apiserver.allocators import ServiceAllocator
+from controlplane.apiserver.handlers import ApiHandlers, error_response, json_response
+from controlplane.apiserver.kinds import builtin_registry
+from controlplane.apiserver.openapi import OpenApiCache
+from controlplane.apiserver.registry import Registry, ResourceType
+from controlplane.apiserver.resource_store import NamespaceChecker, ResourceStore, WriteContext
+from controlplane.apiserver.selectors import FieldSelector, LabelSelector
+from controlplane.storage import Store
+
+log = logging.getLogger(__name__)
+
+KUBERNETES_MINOR = "32"
+GIT_VERSION = f"v1.{KUBERNETES_MINOR}.0-ccmkit"
+INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+@dataclass
+class ServerOptions:
+    service_cidr: str = "10.96.0.0/12"
+    watch_timeout: float = 1800.0  # seconds a watch lasts without timeoutSeconds (upstream: 30-60 min)
+    bookmark_interval: float = 10.0  # seconds between BOOKMARK events for watchers that allow them
+    watch_max_pending: int = 20_000  # frames a slow watcher may lag before it is ended
+    watch_window: int = 2048  # events per resource kept for replaying watches from memory
+
+
+@dataclass
+class ServerState:
+    store: Store
+    registry: Registry = field(default_factory=builtin_registry)
+    options: ServerOptions = field(default_factory=ServerOptions)
+    stores: dict[tuple[str, str, str], ResourceStore] = field(default_factory=dict)
+    allocator: ServiceAllocator | None = None
+    # Hooks filled in by later components.
+    node_proxy: Callable[..., Awaitable[Response]] | None = None
+    apply_handler: Callable[..., Awaitable[Response]] | None = None
+    evictor: Callable[[str | None, str], Awaitable[None]] | None = None
+    custom_groups: set[str] = field(default_factory=set)
+    server_address: str = "127.0.0.1:6443"
+
+    def __post_init__(self) -> None:
+        self.allocator = self.allocator or ServiceAllocator(self.options.service_cidr)
+        self.namespaces = NamespaceChecker(self.store)
+        for rt in self.registry.all():
+            self.add_resource(rt)
+
+    def add_resource(self, rt: ResourceType) -> ResourceStore:
+        store = ResourceStore(rt, self.store, self.namespaces,
+                              self.allocator if rt.kind == "Service" and rt.group == "" else None,
+                              watch_window=self.options.watch_window)
+        self.stores[(rt.group, rt.version, rt.plural)] = store
+        return store
+
+    def store_for(self, group: str, version: str, plural: str) -> ResourceStore:
+        return self.stores[(group, version, plural)]
+
+    def is_custom(self, rt: ResourceType) -> bool:
+        return rt.group in self.custom_groups
+
+    async def bootstrap(self) -> None:
+        """Create what every cluster has from the start: the initial namespaces and the `kubernetes` Service."""
+        namespaces = self.store_for("", "v1", "namespaces")
+        for name in INITIAL_NAMESPACES:
+            try:
+                await namespaces.get(None, name)
+            except errors.ApiError:
+                await namespaces.create(None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+                                        WriteContext(None))
+        services = self.store_for("", "v1", "services")
+        listing = await services.list(None, _EMPTY_LABELS, _EMPTY_FIELDS)
+        assert self.allocator is not None
+        self.allocator.seed(listing["items"])
+        try:
+            await services.get("default", "kubernetes")
+        except errors.ApiError:
+            await services.create("default", {
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                "spec": {"clusterIP": self.allocator.kubernetes_service_ip,
+                         "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
+            }, WriteContext("default"))
+
+    async def close(self) -> None:
+        for store in self.stores.values():
+            await store.cacher.stop()
+
+
+_EMPTY_LABELS = LabelSelector()
+_EMPTY_FIELDS = FieldSelector()
+
+
+def version_info() -> dict[str, Any]:
+    return {
+        "major": "1", "minor": KUBERNETES_MINOR, "gitVersion": GIT_VERSION, "gitCommit": "ccmkit",
+        "gitTreeState": "clean", "buildDate": "2026-11-25T00:00:00Z",
+        "goVersion": f"python{platform.python_version()}", "compiler": "cpython",
+        "platform": f"{platform.system().lower()}/{_arch()}",
+    }
+
+
+def _arch() -> str:
+    machine = platform.machine().lower()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def create_app(state: ServerState) -> FastAPI:
+    app = FastAPI(title="ccmkit API server", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.api = state
+    handlers = ApiHandlers(state)
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+    async def healthy(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def version(request: Request) -> Response:
+        return json_response(version_info())
+
+    async def api(request: Request) -> Response:
+        return json_response(discovery.api_versions(state.server_address))
+
+    async def api_v1(request: Request) -> Response:
+        return json_response(discovery.resource_list(state.registry, "", "v1"))
+
+    async def apis(request: Request) -> Response:
+        return json_response(discovery.group_list(state.registry))
+
+    async def api_group(request: Request) -> Response:
+        group = discovery.group(state.registry, request.path_params["group"])
+        if group is None:
+            return error_response(errors.not_found_path())
+        return json_response(group)
+
+    async def api_group_version(request: Request) -> Response:
+        p = request.path_params
+        body = discovery.resource_list(state.registry, p["group"], p["version"])
+        if body is None:
+            return error_response(errors.not_found_path())
+        return json_response(body)
+
+    openapi = OpenApiCache(state.registry)
+
+    async def openapi_root(request: Request) -> Response:
+        return Response(openapi.root(), media_type="application/json")
+
+    async def openapi_document(request: Request) -> Response:
+        body = openapi.document(request.path_params["path"])
+        if body is None:
+            return error_response(errors.not_found_path())
+        return Response(body, media_type="application/json")
+
+    async def not_found(request: Request) -> Response:
+        return error_response(errors.not_found_path())
+
+    for path in ("/healthz", "/livez", "/readyz"):
+        app.add_route(path, healthy, methods=["GET"])
+    app.add_route("/version", version, methods=["GET"])
+    app.add_route("/api", api, methods=["GET"])
+    app.add_route("/api/v1", api_v1, methods=["GET"])
+    app.add_route("/apis", apis, methods=["GET"])
+    app.add_route("/apis/{group}", api_group, methods=["GET"])
+    app.add_route("/apis/{group}/{version}", api_group_version, methods=["GET"])
+    app.add_route("/openapi/v3", openapi_root, methods=["GET"])
+    app.add_route("/openapi/v3/{path:path}", openapi_document, methods=["GET"])
+    app.add_route("/api/v1/{path:path}", handlers.core, methods=methods)
+    app.add_route("/apis/{group}/{version}/{path:path}", handlers.grouped, methods=methods)
+    app.add_route("/{path:path}", not_found, methods=methods)
+
+    @app.exception_handler(errors.ApiError)
+    async def api_error(request: Request, exc: errors.ApiError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error serving %s %s", request.method, request.url.path)
+        return error_response(errors.internal(type(exc).__name__))
+
+    @app.exception_handler(405)
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        return error_response(errors.method_not_allowed())
+
+    return app

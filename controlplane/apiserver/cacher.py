@@ -1,0 +1,259 @@
+"""The watch cache: one store watch per resource, fanned out to every HTTP watcher of that resource.
+
+As kube-apiserver's cacher does, each resource has a single upstream watch on the store and a bounded window of
+recent events. A client watch starting inside that window is replayed from memory and then fed live; one starting
+before it gets its own store watch (which answers 410 Expired when the revision has been compacted). Each event is
+decoded and serialised once and the same bytes go to every unfiltered watcher; watchers pinned to one node by a
+`spec.nodeName=` field selector are indexed by that node, so an event costs O(watchers of that node), not
+O(all watchers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from controlplane.apiserver import jsonutil
+from controlplane.apiserver.selectors import FieldSelector, LabelSelector
+from controlplane.storage import ExpiredError, Store, WatchEvent
+
+log = logging.getLogger(__name__)
+
+Decode = Callable[[bytes, int], dict[str, Any]]
+Transform = Callable[[str, dict[str, Any]], bytes]  # (event type, object) -> one frame without the newline
+
+INDEXED_FIELD = "spec.nodeName"
+
+
+@dataclass(slots=True)
+class CachedEvent:
+    type: str
+    revision: int
+    key: str
+    obj: dict[str, Any]
+    prev_value: bytes | None
+    frame: bytes  # the serialised WatchEvent for unfiltered, untransformed watchers
+    _prev: dict[str, Any] | None = None
+
+    def prev(self, decode: Decode) -> dict[str, Any] | None:
+        if self._prev is None and self.prev_value is not None:
+            self._prev = decode(self.prev_value, self.revision)
+        return self._prev
+
+
+class WatchClosed(Exception):
+    """The watcher was ended by the server (overflow or shutdown); the client should re-watch."""
+
+
+class Watcher:
+    """One client watch: a filter and an outbox of frames the HTTP response drains."""
+
+    def __init__(
+        self,
+        key_prefix: str,
+        labels: LabelSelector,
+        fields: FieldSelector,
+        getters: Mapping[str, Callable[[dict[str, Any]], str]],
+        min_revision: int,
+        transform: Transform | None,
+        decode: Decode,
+        max_pending: int,
+    ) -> None:
+        self.key_prefix = key_prefix
+        self.labels = labels
+        self.fields = fields
+        self.getters = getters
+        self.min_revision = min_revision  # events at or below this revision were already seen by the client
+        self.transform = transform
+        self.decode = decode
+        self.max_pending = max_pending
+        self.unfiltered = labels.empty and fields.empty
+        self.pending: deque[bytes] = deque()
+        self.wakeup = asyncio.Event()
+        self.closed: BaseException | None = None
+        self.last_revision = min_revision
+        self.node: str | None = fields.exact(INDEXED_FIELD)
+
+    def _matches(self, obj: dict[str, Any] | None) -> bool:
+        if obj is None:
+            return False
+        return self.labels.matches((obj.get("metadata") or {}).get("labels")) and self.fields.matches(obj, self.getters)
+
+    def offer(self, ev: CachedEvent) -> None:
+        if ev.revision <= self.min_revision or self.closed is not None:
+            return
+        if not ev.key.startswith(self.key_prefix):
+            return
+        self.last_revision = ev.revision
+        if self.unfiltered:
+            self._push(ev.frame if self.transform is None else self.transform(ev.type, ev.obj))
+            return
+        now = self._matches(ev.obj)
+        before = ev.type != "ADDED" and self._matches(ev.prev(self.decode))
+        if ev.type == "DELETED":
+            # For a delete, obj is the last state; it matched if it (or its previous state) matched.
+            if now or before:
+                self._push(self._frame("DELETED", ev))
+            return
+        if now and before:
+            self._push(self._frame("MODIFIED", ev))
+        elif now:
+            self._push(self._frame("ADDED", ev))
+        elif before:
+            self._push(self._frame("DELETED", ev))
+
+    def _frame(self, type_: str, ev: CachedEvent) -> bytes:
+        if self.transform is not None:
+            return self.transform(type_, ev.obj)
+        if type_ == ev.type:
+            return ev.frame
+        return jsonutil.dumps({"type": type_, "object": ev.obj})
+
+    def push_raw(self, frame: bytes) -> None:
+        self._push(frame)
+
+    def _push(self, frame: bytes) -> None:
+        if len(self.pending) >= self.max_pending:
+            # A watcher that cannot keep up is ended, as upstream's cacher does; the client re-watches.
+            self.close(WatchClosed("watcher fell too far behind"))
+            return
+        self.pending.append(frame)
+        self.wakeup.set()
+
+    def close(self, reason: BaseException | None = None) -> None:
+        if self.closed is None:
+            self.closed = reason or WatchClosed("closed")
+            self.wakeup.set()
+
+    async def next_batch(self, timeout: float | None) -> list[bytes]:
+        """Wait for frames; an empty list means the timeout passed with nothing to send."""
+        if not self.pending and self.closed is None:
+            self.wakeup.clear()
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), timeout)
+            except TimeoutError:
+                return []
+        batch = list(self.pending)
+        self.pending.clear()
+        return batch
+
+
+class Cacher:
+    """The watch fan-out for one resource's key prefix."""
+
+    def __init__(self, store: Store, prefix: str, decode: Decode, *, window: int = 2048) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.decode = decode
+        self.history: deque[CachedEvent] = deque(maxlen=window)
+        self.revision = 0  # every event up to this revision has been dispatched
+        self.oldest = 0  # watches from revisions >= oldest can be served from history
+        self._unindexed: set[Watcher] = set()
+        self._by_node: dict[str, set[Watcher]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._started = asyncio.Event()
+        self._start_lock = asyncio.Lock()
+
+    async def ensure_started(self) -> None:
+        if self._started.is_set():
+            return
+        async with self._start_lock:
+            if self._started.is_set():
+                return
+            self.revision = self.oldest = await self.store.current_revision()
+            self._task = asyncio.create_task(self._run(), name=f"cacher {self.prefix}")
+            self._started.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async for ev in self.store.watch(self.prefix, self.revision):
+                    self._dispatch(ev)
+                return  # the store closed
+            except asyncio.CancelledError:
+                raise
+            except ExpiredError:
+                # We fell behind the store's history: every watcher must relist, and the window restarts.
+                log.warning("cacher %s: store history expired; ending all watches", self.prefix)
+                self._close_all(WatchClosed("cache reset"))
+                self.history.clear()
+                self.revision = self.oldest = await self.store.current_revision()
+            except Exception:  # noqa: BLE001 - a broken store watch must not kill the cacher; retry
+                log.exception("cacher %s: store watch failed; restarting", self.prefix)
+                await asyncio.sleep(0.2)
+
+    def _dispatch(self, ev: WatchEvent) -> None:
+        obj = self.decode(ev.value, ev.revision)
+        frame = jsonutil.dumps({"type": ev.type, "object": obj})
+        cached = CachedEvent(ev.type, ev.revision, ev.key, obj, ev.prev_value, frame)
+        if len(self.history) == self.history.maxlen:
+            self.oldest = self.history[0].revision
+        self.history.append(cached)
+        self.revision = ev.revision
+        for w in tuple(self._unindexed):
+            w.offer(cached)
+        if self._by_node:
+            node = ((obj.get("spec") or {}).get("nodeName")) or ""
+            for w in tuple(self._by_node.get(node, ())):
+                w.offer(cached)
+
+    def can_serve(self, revision: int) -> bool:
+        return revision >= self.oldest
+
+    def register(self, watcher: Watcher) -> None:
+        """Replay history after the watcher's revision, then feed it live. No await in between, so nothing is lost."""
+        for ev in self.history:
+            if ev.revision > watcher.min_revision:
+                watcher.offer(ev)
+        if watcher.node is not None:
+            self._by_node.setdefault(watcher.node, set()).add(watcher)
+        else:
+            self._unindexed.add(watcher)
+
+    def unregister(self, watcher: Watcher) -> None:
+        self._unindexed.discard(watcher)
+        if watcher.node is not None:
+            group = self._by_node.get(watcher.node)
+            if group is not None:
+                group.discard(watcher)
+                if not group:
+                    del self._by_node[watcher.node]
+
+    def watcher_count(self) -> int:
+        return len(self._unindexed) + sum(len(g) for g in self._by_node.values())
+
+    def _close_all(self, reason: BaseException) -> None:
+        for w in list(self._unindexed):
+            w.close(reason)
+        for group in list(self._by_node.values()):
+            for w in list(group):
+                w.close(reason)
+
+    async def stop(self) -> None:
+        self._close_all(WatchClosed("server shutting down"))
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
+async def feed_from_store(store: Store, prefix: str, revision: int, watcher: Watcher, decode: Decode) -> None:
+    """Serve a watcher whose revision is older than the cache window straight from the store's history."""
+    try:
+        async for ev in store.watch(prefix, revision):
+            obj = decode(ev.value, ev.revision)
+            watcher.offer(CachedEvent(ev.type, ev.revision, ev.key, obj, ev.prev_value,
+                                      jsonutil.dumps({"type": ev.type, "object": obj})))
+            if watcher.closed is not None:
+                return
+    except ExpiredError as exc:
+        watcher.close(exc)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported to the client as the end of its watch
+        watcher.close(exc)

@@ -1,0 +1,510 @@
+"""The REST surface: parse a Kubernetes API path and query, call the resource store, answer in the wire format.
+
+Paths are parsed by hand rather than by one route per resource, because `/api/v1/namespaces/...` is ambiguous
+(the namespaces resource itself, or a namespaced resource inside one) and because custom resources appear at run
+time. Every error leaves here as a Status object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from controlplane.apiserver import errors, jsonutil, patch, tables
+from controlplane.apiserver.cacher import WatchClosed
+from controlplane.apiserver.errors import ApiError
+from controlplane.apiserver.kinds.base import get_path, set_path
+from controlplane.apiserver.registry import ResourceType
+from controlplane.apiserver.resource_store import DeleteOptions, ResourceStore, WriteContext
+from controlplane.apiserver.selectors import FieldSelector, LabelSelector
+from controlplane.storage import ExpiredError, StorageError, UnavailableError
+
+if TYPE_CHECKING:
+    from controlplane.apiserver.app import ServerState
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 3 * 1024 * 1024
+JSON = "application/json"
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(jsonutil.dumps(body), status_code=status, media_type=JSON, headers=headers)
+
+
+def error_response(exc: ApiError) -> Response:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    return Response(exc.body(), status_code=exc.code, media_type=JSON, headers=headers)
+
+
+@dataclass
+class Target:
+    rt: ResourceType
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+    watch_path: bool  # the deprecated /watch/ prefix
+
+
+def parse_target(state: ServerState, group: str, version: str, path: str) -> Target:
+    segs = path.split("/") if path else []
+    if segs and segs[-1] == "":
+        segs.pop()
+    watch_path = False
+    if segs and segs[0] == "watch":
+        watch_path = True
+        segs = segs[1:]
+    if not segs or any(s == "" for s in segs):
+        raise errors.not_found_path()
+    namespace = name = sub = None
+    if segs[0] == "namespaces" and len(segs) >= 3 and not (group == "" and len(segs) == 3
+                                                            and segs[2] in ("status", "finalize")):
+        namespace, resource, rest = segs[1], segs[2], segs[3:]
+    else:
+        resource, rest = segs[0], segs[1:]
+    if len(rest) > 2:
+        raise errors.not_found_path()
+    if rest:
+        name = rest[0]
+    if len(rest) == 2:
+        sub = rest[1]
+    rt = state.registry.lookup(group, version, resource)
+    if rt is None:
+        raise errors.not_found_path()
+    if namespace is not None and not rt.namespaced:
+        raise errors.not_found_path()
+    if rt.namespaced and name is not None and namespace is None:
+        raise errors.not_found_path()
+    if sub is not None and sub not in rt.subresources:
+        raise errors.not_found_path()
+    return Target(rt, namespace, name, sub, watch_path)
+
+
+async def read_body(request: Request) -> Any:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > MAX_BODY:
+        raise errors.too_large()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise errors.too_large()
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        return None
+    ctype = (request.headers.get("content-type") or JSON).split(";", 1)[0].strip().lower()
+    if "protobuf" in ctype:
+        raise errors.unsupported_media_type(ctype)
+    if ctype in ("application/yaml", "application/apply-patch+yaml", "text/yaml"):
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise errors.bad_request(f"error converting YAML to JSON: {exc}") from None
+    try:
+        return jsonutil.loads(raw)
+    except ValueError as exc:
+        raise errors.bad_request(f"couldn't get version/kind; json parse error: {exc}") from None
+
+
+def _query_bool(query: Any, name: str) -> bool:
+    return str(query.get(name, "")).lower() in ("true", "1")
+
+
+def _dry_run(query: Any) -> bool:
+    values = query.getlist("dryRun") if hasattr(query, "getlist") else []
+    for value in values:
+        if value != "All":
+            raise errors.bad_request(f'Invalid dry run value: "{value}": supported values: "All"')
+    return bool(values)
+
+
+class ApiHandlers:
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    async def core(self, request: Request) -> Response:
+        return await self.dispatch(request, "", "v1", request.path_params.get("path", ""))
+
+    async def grouped(self, request: Request) -> Response:
+        p = request.path_params
+        return await self.dispatch(request, p["group"], p["version"], p.get("path", ""))
+
+    async def dispatch(self, request: Request, group: str, version: str, path: str) -> Response:
+        try:
+            target = parse_target(self.state, group, version, path)
+            return await self._route(request, target)
+        except ApiError as exc:
+            return error_response(exc)
+        except UnavailableError as exc:
+            return error_response(errors.unavailable(f"storage is unavailable: {exc}"))
+        except ExpiredError as exc:
+            return error_response(errors.gone(str(exc)))
+        except StorageError as exc:
+            return error_response(errors.internal(str(exc)))
+
+    async def _route(self, request: Request, t: Target) -> Response:
+        method = request.method
+        store = self.state.stores[(t.rt.group, t.rt.version, t.rt.plural)]
+        query = request.query_params
+        if t.name is None:
+            if method == "GET":
+                if t.watch_path or _query_bool(query, "watch"):
+                    return await self.watch(request, store, t)
+                return await self.list(request, store, t)
+            if method == "POST":
+                return await self.create(request, store, t)
+            if method == "DELETE":
+                return await self.delete_collection(request, store, t)
+            raise errors.method_not_allowed()
+        if t.watch_path and method == "GET":
+            return await self.watch(request, store, t, name=t.name)
+        sub = t.subresource
+        if sub is None or sub == "status":
+            if method == "GET":
+                obj = await store.get(t.namespace, t.name)
+                return self._respond(request, store.rt, obj)
+            if method == "PUT":
+                return await self.update(request, store, t)
+            if method == "PATCH":
+                return await self.patch(request, store, t)
+            if method == "DELETE" and sub is None:
+                return await self.delete(request, store, t)
+            raise errors.method_not_allowed()
+        if sub == "scale":
+            return await self.scale(request, store, t)
+        if sub == "binding" and method == "POST":
+            return await self.bind(request, store, t)
+        if sub == "finalize" and method == "PUT":
+            return await self.finalize(request, store, t)
+        if sub == "eviction" and method == "POST":
+            return await self.evict(request, store, t)
+        if sub in ("log", "exec", "attach", "portforward", "proxy"):
+            proxy = self.state.node_proxy
+            if proxy is None:
+                raise errors.unavailable(f"{t.rt.plural}/{sub} needs a kubelet; none is connected to this server")
+            return await proxy(request, store, t)
+        raise errors.method_not_allowed()
+
+    # ---------------------------------------------------------------------------------------------- reads
+
+    def _respond(self, request: Request, rt: ResourceType, obj: dict[str, Any], status: int = 200) -> Response:
+        accept = request.headers.get("accept", "")
+        if tables.wants_table(accept):
+            include = request.query_params.get("includeObject", "Metadata")
+            return json_response(tables.to_table(rt, [obj], {"resourceVersion": obj["metadata"].get(
+                "resourceVersion", "")}, include, tables.table_version(accept)), status)
+        return json_response(obj, status)
+
+    async def list(self, request: Request, store: ResourceStore, t: Target) -> Response:
+        q = request.query_params
+        labels = LabelSelector.parse(q.get("labelSelector"))
+        fields = FieldSelector.parse(q.get("fieldSelector"), store.getters, t.rt.plural)
+        try:
+            limit = int(q.get("limit") or 0)
+        except ValueError:
+            raise errors.bad_request(f"invalid limit: {q.get('limit')!r}") from None
+        result = await store.list(t.namespace, labels, fields, max(limit, 0), q.get("continue") or None)
+        accept = request.headers.get("accept", "")
+        if tables.wants_table(accept):
+            include = q.get("includeObject", "Metadata")
+            return json_response(tables.to_table(t.rt, result["items"], result["metadata"], include,
+                                                 tables.table_version(accept)))
+        return json_response(result)
+
+    async def watch(self, request: Request, store: ResourceStore, t: Target, name: str | None = None) -> Response:
+        q = request.query_params
+        labels = LabelSelector.parse(q.get("labelSelector"))
+        field_text = q.get("fieldSelector")
+        if name is not None:
+            field_text = ",".join(filter(None, [field_text, f"metadata.name={name}"]))
+        fields = FieldSelector.parse(field_text, store.getters, t.rt.plural)
+        try:
+            timeout = float(q.get("timeoutSeconds")) if q.get("timeoutSeconds") else self.state.options.watch_timeout
+        except ValueError:
+            raise errors.bad_request(f"invalid timeoutSeconds: {q.get('timeoutSeconds')!r}") from None
+        bookmarks = _query_bool(q, "allowWatchBookmarks")
+        rv = q.get("resourceVersion")
+        send_initial = q.get("sendInitialEvents")
+        if send_initial is not None:
+            if q.get("resourceVersionMatch") != "NotOlderThan" or not bookmarks:
+                raise errors.ApiError(422, "Invalid", "sendInitialEvents is forbidden for watch unless "
+                                      "resourceVersionMatch is set to NotOlderThan and allowWatchBookmarks is true",
+                                      causes=[errors.Cause("FieldValueForbidden", "Forbidden", "sendInitialEvents")])
+        initial_events = _query_bool(q, "sendInitialEvents")
+        if send_initial is not None and not initial_events and rv in (None, "", "0"):
+            rv = str(await self.state.store.current_revision())
+        elif initial_events and rv not in (None, "", "0"):
+            raise errors.ApiError(422, "Invalid", "sendInitialEvents with a specific resourceVersion is not supported "
+                                  "by this server; use resourceVersion=\"\" or \"0\"")
+        accept = request.headers.get("accept", "")
+        transform = None
+        if tables.wants_table(accept):
+            include = q.get("includeObject", "Metadata")
+            version = tables.table_version(accept)
+            first = [True]
+
+            def transform(type_: str, obj: dict[str, Any]) -> bytes:
+                table = tables.to_table(t.rt, [obj], {"resourceVersion": obj["metadata"].get("resourceVersion", "")},
+                                        include, version, with_columns=first[0])
+                first[0] = False
+                return jsonutil.dumps({"type": type_, "object": table})
+
+        try:
+            watcher, stop = await store.open_watch(t.namespace, labels, fields, rv, transform,
+                                                   self.state.options.watch_max_pending)
+        except ExpiredError as exc:
+            raise errors.gone(str(exc)) from None
+        if initial_events:
+            watcher.push_raw(jsonutil.dumps({"type": "BOOKMARK", "object": self._bookmark(
+                t.rt, max(watcher.min_revision, 1), initial_end=True)}))
+        interval = self.state.options.bookmark_interval
+        loop = asyncio.get_running_loop()
+
+        async def frames() -> AsyncIterator[bytes]:
+            deadline = loop.time() + timeout
+            next_bookmark = loop.time() + interval
+            try:
+                while True:
+                    now = loop.time()
+                    if now >= deadline:
+                        return
+                    wait = deadline - now
+                    if bookmarks and transform is None:
+                        wait = min(wait, max(next_bookmark - now, 0))
+                    batch = await watcher.next_batch(wait)
+                    if batch:
+                        yield b"\n".join(batch) + b"\n"
+                    if watcher.closed is not None and not watcher.pending:
+                        reason = watcher.closed
+                        if isinstance(reason, ExpiredError):
+                            status = errors.gone(f"too old resource version: {reason.requested} "
+                                                 f"({reason.compacted + 1})").status()
+                            yield jsonutil.dumps({"type": "ERROR", "object": status}) + b"\n"
+                        elif not isinstance(reason, WatchClosed):
+                            status = errors.internal(str(reason)).status()
+                            yield jsonutil.dumps({"type": "ERROR", "object": status}) + b"\n"
+                        return
+                    if bookmarks and transform is None and loop.time() >= next_bookmark:
+                        next_bookmark = loop.time() + interval
+                        if not watcher.pending:
+                            revision = max(watcher.last_revision, store.cacher.revision)
+                            yield jsonutil.dumps({"type": "BOOKMARK",
+                                                  "object": self._bookmark(t.rt, revision)}) + b"\n"
+            finally:
+                await stop()
+
+        return StreamingResponse(frames(), media_type=JSON)
+
+    @staticmethod
+    def _bookmark(rt: ResourceType, revision: int, initial_end: bool = False) -> dict[str, Any]:
+        meta: dict[str, Any] = {"resourceVersion": str(revision)}
+        if initial_end:
+            meta["annotations"] = {"k8s.io/initial-events-end": "true"}
+        return {"kind": rt.kind, "apiVersion": rt.api_version, "metadata": meta}
+
+    # ---------------------------------------------------------------------------------------------- writes
+
+    def _ctx(self, request: Request, t: Target) -> WriteContext:
+        q = request.query_params
+        validation = q.get("fieldValidation")
+        if validation is not None and validation not in ("Ignore", "Warn", "Strict"):
+            raise errors.bad_request(f'fieldValidation parameter unsupported: "{validation}"; supported values: '
+                                     '"Ignore", "Warn", "Strict"')
+        return WriteContext(t.namespace, _dry_run(q), q.get("fieldManager"))
+
+    async def create(self, request: Request, store: ResourceStore, t: Target) -> Response:
+        ctx = self._ctx(request, t)
+        body = await read_body(request)
+        if t.rt.namespaced and t.namespace is None:
+            raise errors.not_found_path()
+        obj = await store.create(t.namespace, body, ctx)
+        return self._respond(request, t.rt, obj, 201)
+
+    async def update(self, request: Request, store: ResourceStore, t: Target) -> Response:
+        ctx = self._ctx(request, t)
+        body = await read_body(request)
+        assert t.name is not None
+        obj = await store.update(t.namespace, t.name, body, ctx, t.subresource)
+        return self._respond(request, t.rt, obj)
+
+    async def patch(self, request: Request, store: ResourceStore, t: Target) -> Response:
+        ctx = self._ctx(request, t)
+        content_type = request.headers.get("content-type", "")
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media not in (patch.MERGE_PATCH, patch.JSON_PATCH, patch.STRATEGIC_MERGE_PATCH, patch.APPLY_PATCH):
+            raise errors.unsupported_media_type(content_type)
+        body = await read_body(request)
+        assert t.name is not None
+        if media == patch.APPLY_PATCH:
+            apply = self.state.apply_handler
+            if apply is None:
+                raise errors.unsupported_media_type(content_type)
+            return await apply(request, store, t, body, ctx)
+        if body is None:
+            raise errors.bad_request("the request body is empty; a patch is required")
+        custom = self.state.is_custom(t.rt)
+
+        def patcher(current: dict[str, Any]) -> dict[str, Any]:
+            return patch.apply_patch(content_type, current, body, custom)
+
+        obj = await store.patch(t.namespace, t.name, patcher, ctx, t.subresource)
+        return self._respond(request, t.rt, obj)
+
+    async def delete(self, request: Request, store: ResourceStore, t: Target) -> Response:
+        ctx = self._ctx(request, t)
+        body = await read_body(request)
+        if body is not None and not isinstance(body, dict):
+            raise errors.bad_request("DeleteOptions must be a JSON object")
+        options = DeleteOptions.parse(body, dict(request.query_params))
+        assert t.name is not None
+        obj, deleted = await store.delete(t.namespace, t.name, options, ctx)
+        if deleted and not t.rt.strategy.return_deleted_object:
+            return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                                  "details": {"name": t.name, "group": t.rt.group, "kind": t.rt.plural,
+                                              "uid": obj["metadata"].get("uid")}})
+        return self._respond(request, t.rt, obj)
+
+    async def delete_collection(self, request: Request, store: ResourceStore, t: Target) -> Response:
+        ctx = self._ctx(request, t)
+        q = request.query_params
+        body = await read_body(request)
+        labels = LabelSelector.parse(q.get("labelSelector"))
+        fields = FieldSelector.parse(q.get("fieldSelector"), store.getters, t.rt.plural)
+        options = DeleteOptions.parse(body if isinstance(body, dict) else None, dict(q))
+        result = await store.delete_collection(t.namespace, labels, fields, options, ctx)
+        return json_response(result)
+
+    # ---------------------------------------------------------------------------------------------- subresources
+
+    def _scale_of(self, rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
+        spec = rt.scale
+        assert spec is not None
+        meta = obj["metadata"]
+        selector = get_path(obj, "spec.selector") or {}
+        if "matchLabels" in selector or "matchExpressions" in selector:
+            text = ",".join(_requirement_text(r) for r in LabelSelector.from_api(selector).requirements)
+        else:  # ReplicationController: a plain label map
+            text = ",".join(f"{k}={v}" for k, v in selector.items())
+        return {
+            "kind": "Scale", "apiVersion": "autoscaling/v1",
+            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                         if k in meta},
+            "spec": {"replicas": get_path(obj, spec.spec_replicas) or 0},
+            "status": {"replicas": get_path(obj, spec.status_replicas) or 0, "selector": text},
+        }
+
+    async def scale(self, request: Request, store: ResourceStore, t: Target) -> Response:
+        assert t.name is not None and t.rt.scale is not None
+        spec_path = t.rt.scale.spec_replicas
+        if request.method == "GET":
+            return json_response(self._scale_of(t.rt, await store.get(t.namespace, t.name)))
+        ctx = self._ctx(request, t)
+        body = await read_body(request)
+        if request.method == "PUT":
+            if not isinstance(body, dict) or body.get("kind") != "Scale":
+                raise errors.bad_request("the body must be an autoscaling/v1 Scale")
+            wanted_scale = body
+        elif request.method == "PATCH":
+            current = self._scale_of(t.rt, await store.get(t.namespace, t.name))
+            content_type = request.headers.get("content-type", "")
+            wanted_scale = patch.apply_patch(content_type, current, body, custom=False)
+        else:
+            raise errors.method_not_allowed()
+        replicas = get_path(wanted_scale, "spec.replicas")
+        if not isinstance(replicas, int) or replicas < 0:
+            raise errors.invalid("Scale", "autoscaling", t.name, [errors.Cause(
+                "FieldValueInvalid", f"Invalid value: {replicas}: must be greater than or equal to 0",
+                "spec.replicas")])
+        rv = get_path(wanted_scale, "metadata.resourceVersion")
+
+        def compute(old: dict[str, Any]) -> dict[str, Any]:
+            new = copy.deepcopy(old)
+            if not rv:
+                new["metadata"].pop("resourceVersion", None)
+            else:
+                new["metadata"]["resourceVersion"] = rv
+            set_path(new, spec_path, replicas)
+            return new
+
+        obj = await store.patch(t.namespace, t.name, compute, ctx)
+        return json_response(self._scale_of(t.rt, obj))
+
+    async def bind(self, request: Request, store: ResourceStore, t: Target) -> Response:
+        assert t.name is not None
+        ctx = self._ctx(request, t)
+        body = await read_body(request)
+        node = get_path(body or {}, "target.name") if isinstance(body, dict) else None
+        if not node:
+            raise errors.invalid("Binding", "", t.name, [errors.Cause("FieldValueRequired", "Required value",
+                                                                      "target.name")])
+        body_name = get_path(body, "metadata.name")
+        if body_name and body_name != t.name:
+            raise errors.bad_request(f"the name of the object ({body_name}) does not match the name on the URL "
+                                     f"({t.name})")
+        annotations = get_path(body, "metadata.annotations") or {}
+
+        def bind(pod: dict[str, Any]) -> None:
+            if pod["metadata"].get("deletionTimestamp"):
+                raise errors.conflict("pods", "", t.name or "", "pod is being deleted, cannot be assigned to a host")
+            current = get_path(pod, "spec.nodeName")
+            if current:
+                raise errors.conflict("pods", "", t.name or "", f"pod {t.name} is already assigned to node "
+                                      f'"{current}"')
+            pod["spec"]["nodeName"] = node
+            if annotations:
+                pod["metadata"].setdefault("annotations", {}).update(annotations)
+            conditions = [c for c in get_path(pod, "status.conditions") or [] if c.get("type") != "PodScheduled"]
+            conditions.append({"type": "PodScheduled", "status": "True", "lastProbeTime": None,
+                               "lastTransitionTime": jsonutil.now_rfc3339()})
+            pod.setdefault("status", {})["conditions"] = conditions
+
+        await store.mutate(t.namespace, t.name, bind, ctx, subresource="binding")
+        return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                              "code": 201}, 201)
+
+    async def finalize(self, request: Request, store: ResourceStore, t: Target) -> Response:
+        assert t.name is not None
+        ctx = self._ctx(request, t)
+        body = await read_body(request)
+        if not isinstance(body, dict):
+            raise errors.bad_request("the body must be a Namespace")
+        finalizers = get_path(body, "spec.finalizers") or []
+
+        def change(ns: dict[str, Any]) -> None:
+            ns.setdefault("spec", {})["finalizers"] = list(finalizers)
+
+        obj = await store.mutate(t.namespace, t.name, change, ctx, subresource="finalize")
+        return json_response(obj)
+
+    async def evict(self, request: Request, store: ResourceStore, t: Target) -> Response:
+        assert t.name is not None
+        ctx = self._ctx(request, t)
+        body = await read_body(request)
+        options = DeleteOptions.parse((body or {}).get("deleteOptions") if isinstance(body, dict) else None, {})
+        evictor = self.state.evictor
+        if evictor is not None:
+            await evictor(t.namespace, t.name)
+        await store.delete(t.namespace, t.name, options, ctx)
+        return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                              "code": 201}, 201)
+
+
+def _requirement_text(r: Any) -> str:
+    if r.op == "=":
+        return f"{r.key}={r.values[0]}"
+    if r.op == "!=":
+        return f"{r.key}!={r.values[0]}"
+    if r.op in ("in", "notin"):
+        return f"{r.key} {r.op} ({','.join(r.values)})"
+    if r.op == "exists":
+        return r.key
+    return f"!{r.key}"

@@ -1,0 +1,590 @@
+"""The generic resource store: create, get, list, update, patch, delete and watch for any kind, over a Store.
+
+This is ccmkit's genericregistry.Store. It owns the object-level rules every kind shares (system metadata,
+generateName, generation, resourceVersion preconditions, status vs spec, finalizers and deletionTimestamp, dry run)
+and calls the kind's Strategy at the points where kinds differ. HTTP concerns stay in the handlers.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime as _dt
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from controlplane.apiserver import errors, jsonutil
+from controlplane.apiserver.allocators import ServiceAllocator
+from controlplane.apiserver.cacher import Cacher, Transform, Watcher, feed_from_store
+from controlplane.apiserver.errors import ApiError, Cause
+from controlplane.apiserver.registry import ResourceType
+from controlplane.apiserver.selectors import FieldSelector, LabelSelector
+from controlplane.apiserver.validation import validate_metadata
+from controlplane.storage import (
+    ConflictError,
+    ExpiredError,
+    KeyExistsError,
+    KeyNotFoundError,
+    KeyValue,
+    Store,
+    guaranteed_update,
+)
+
+SYSTEM_METADATA = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink")
+GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # upstream's: no vowels, no look-alike digits
+
+
+@dataclass
+class WriteContext:
+    namespace: str | None
+    dry_run: bool = False
+    field_manager: str | None = None
+    allocator: ServiceAllocator | None = None
+
+
+@dataclass
+class DeleteOptions:
+    grace_period_seconds: int | None = None
+    propagation_policy: str | None = None
+    precondition_uid: str | None = None
+    precondition_rv: str | None = None
+    dry_run: bool = False
+
+    @classmethod
+    def parse(cls, body: dict[str, Any] | None, query: dict[str, str]) -> DeleteOptions:
+        body = body or {}
+        pre = body.get("preconditions") or {}
+        grace = body.get("gracePeriodSeconds", query.get("gracePeriodSeconds"))
+        policy = body.get("propagationPolicy") or query.get("propagationPolicy")
+        orphan = body.get("orphanDependents", query.get("orphanDependents"))
+        if policy is None and orphan is not None:
+            policy = "Orphan" if str(orphan).lower() == "true" else "Background"
+        if policy not in (None, "Orphan", "Foreground", "Background"):
+            raise errors.ApiError(422, "Invalid", f'DeleteOptions.meta.k8s.io "" is invalid: propagationPolicy: '
+                                  f'Unsupported value: "{policy}": supported values: "Foreground", "Background", '
+                                  '"Orphan"', causes=[Cause("FieldValueNotSupported", "Unsupported value",
+                                                            "propagationPolicy")])
+        dry = body.get("dryRun") or ([query["dryRun"]] if query.get("dryRun") else [])
+        try:
+            grace_int = int(grace) if grace is not None else None
+        except (TypeError, ValueError):
+            raise errors.bad_request(f"invalid gracePeriodSeconds: {grace!r}") from None
+        return cls(grace_int, policy, pre.get("uid"), pre.get("resourceVersion"), "All" in dry)
+
+
+class _DeleteInstead(Exception):
+    """Raised inside an update that removed the last finalizer of an object being deleted."""
+
+    def __init__(self, kv: KeyValue, obj: dict[str, Any]) -> None:
+        self.kv = kv
+        self.obj = obj
+
+
+def _now() -> str:
+    return jsonutil.now_rfc3339()
+
+
+def _strip_rv(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("resourceVersion", None)
+    return obj
+
+
+def _spec_part(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
+
+
+class ResourceStore:
+    def __init__(self, rt: ResourceType, store: Store, namespaces: NamespaceChecker,
+                 allocator: ServiceAllocator | None = None, watch_window: int = 2048) -> None:
+        self.rt = rt
+        self.store = store
+        self.strategy = rt.strategy
+        self.namespaces = namespaces
+        self.allocator = allocator
+        self.getters = self.strategy.all_field_getters()
+        self.cacher = Cacher(store, rt.key_prefix(), self.decode, window=watch_window)
+
+    # ------------------------------------------------------------------------------------------- encoding
+
+    def decode(self, value: bytes, revision: int) -> dict[str, Any]:
+        obj = jsonutil.loads(value)
+        obj.setdefault("metadata", {})["resourceVersion"] = str(revision)
+        return obj
+
+    def _decode_kv(self, kv: KeyValue) -> dict[str, Any]:
+        return self.decode(kv.value, kv.revision)
+
+    @staticmethod
+    def encode(obj: dict[str, Any]) -> bytes:
+        meta = obj.get("metadata") or {}
+        rv = meta.pop("resourceVersion", None)
+        try:
+            return jsonutil.dumps(obj)
+        finally:
+            if rv is not None:
+                meta["resourceVersion"] = rv
+
+    def _not_found(self, name: str) -> ApiError:
+        return errors.not_found(self.rt.plural, self.rt.group, name)
+
+    def _ctx(self, ctx: WriteContext) -> WriteContext:
+        ctx.allocator = self.allocator
+        return ctx
+
+    # ------------------------------------------------------------------------------------------- reads
+
+    async def get(self, namespace: str | None, name: str) -> dict[str, Any]:
+        try:
+            kv = await self.store.get(self.rt.key(namespace, name))
+        except KeyNotFoundError:
+            raise self._not_found(name) from None
+        return self._decode_kv(kv)
+
+    async def list(self, namespace: str | None, labels: LabelSelector, fields: FieldSelector,
+                   limit: int = 0, continue_token: str | None = None) -> dict[str, Any]:
+        prefix = self.rt.key_prefix(namespace)
+        start_after, list_rv = None, None
+        if continue_token:
+            start_after, list_rv = _decode_continue(continue_token, prefix)
+        filtered = not (labels.empty and fields.empty)
+        items: list[dict[str, Any]] = []
+        revision = 0
+        next_key: str | None = None
+        remaining = 0
+        done = False
+        while not done:
+            # Pages are read at the current revision; the continue token carries the first page's revision so
+            # every page reports the same resourceVersion (see docs/ARCHITECTURE.md on list consistency).
+            if not limit:
+                page_size = 0
+            elif filtered:
+                page_size = max(limit - len(items), 256)
+            else:
+                page_size = limit - len(items)
+            page = await self.store.list(prefix, limit=page_size, start_after=start_after)
+            revision = revision or page.revision
+            for i, kv in enumerate(page.items):
+                obj = self._decode_kv(kv)
+                if filtered and not (labels.matches(obj["metadata"].get("labels"))
+                                     and fields.matches(obj, self.getters)):
+                    continue
+                items.append(obj)
+                if limit and len(items) >= limit:
+                    done = True
+                    if i < len(page.items) - 1 or page.continue_key is not None:
+                        next_key = kv.key
+                        remaining = len(page.items) - 1 - i + page.remaining
+                    break
+            if page.continue_key is None:
+                break
+            start_after = page.continue_key
+        rv = list_rv or revision
+        meta: dict[str, Any] = {"resourceVersion": str(rv)}
+        if next_key is not None:
+            meta["continue"] = _encode_continue(next_key, rv, prefix)
+            if not filtered:
+                meta["remainingItemCount"] = remaining
+        return {"kind": self.rt.list_kind, "apiVersion": self.rt.api_version, "metadata": meta, "items": items}
+
+    # ------------------------------------------------------------------------------------------- create
+
+    async def create(self, namespace: str | None, obj: Any, ctx: WriteContext) -> dict[str, Any]:
+        self._ctx(ctx)
+        obj = self._check_body(obj, namespace, None)
+        meta = obj["metadata"]
+        for field in SYSTEM_METADATA + ("resourceVersion", "generation"):
+            meta.pop(field, None)
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = _now()
+        if self.strategy.track_generation:
+            meta["generation"] = 1
+        generate = not meta.get("name") and meta.get("generateName")
+        self.strategy.defaults(obj)
+        if self.rt.has_status:
+            status = self.strategy.initial_status(obj)
+            if status is None:
+                obj.pop("status", None)
+            else:
+                obj["status"] = status
+        if generate:
+            meta["name"] = _generate_name(meta["generateName"])
+        self.strategy.prepare_for_create(obj)
+        self._validate(obj, None)
+        if self.rt.namespaced:
+            await self.namespaces.check_writable(namespace or "", self.rt)
+        for attempt in range(8):
+            key = self.rt.key(namespace, meta["name"])
+            if generate and attempt:
+                meta["name"] = _generate_name(meta["generateName"])
+                key = self.rt.key(namespace, meta["name"])
+            if ctx.dry_run:
+                await self.strategy.admit(ctx, obj, None)
+                try:
+                    await self.store.get(key)
+                    raise errors.already_exists(self.rt.plural, self.rt.group, meta["name"])
+                except KeyNotFoundError:
+                    pass
+                if self.allocator is not None and self.rt.kind == "Service":
+                    self.allocator.release_service(obj)
+                return obj
+            try:
+                await self.store.get(key)
+            except KeyNotFoundError:
+                pass
+            else:
+                if generate:
+                    continue
+                raise errors.already_exists(self.rt.plural, self.rt.group, meta["name"])
+            await self.strategy.admit(ctx, obj, None)
+            try:
+                kv = await self.store.create(key, self.encode(obj))
+            except KeyExistsError:
+                if generate:
+                    continue
+                raise errors.already_exists(self.rt.plural, self.rt.group, meta["name"]) from None
+            meta["resourceVersion"] = str(kv.revision)
+            return obj
+        raise errors.ApiError(500, "ServerTimeout", "could not generate a unique name; please retry")
+
+    def _check_body(self, obj: Any, namespace: str | None, name: str | None) -> dict[str, Any]:
+        """Shape checks every write body needs: an object of this kind, in this namespace, with metadata."""
+        if not isinstance(obj, dict):
+            raise errors.bad_request("the body of the request must be a JSON object")
+        kind, api_version = obj.get("kind"), obj.get("apiVersion")
+        if not kind:
+            raise errors.bad_request("Object 'Kind' is missing in the request body")
+        if not api_version:
+            raise errors.bad_request("Object 'apiVersion' is missing in the request body")
+        if kind != self.rt.kind or api_version != self.rt.api_version:
+            raise errors.bad_request(
+                f"the API version in the data ({api_version}) does not match the expected API version "
+                f"({self.rt.api_version})" if kind == self.rt.kind else
+                f"the kind in the data ({kind}) does not match the expected kind ({self.rt.kind})")
+        meta = obj.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise errors.bad_request("metadata must be an object")
+        if self.rt.namespaced:
+            if meta.get("namespace") and meta["namespace"] != namespace:
+                raise errors.bad_request("the namespace of the provided object does not match the namespace sent "
+                                         "on the request")
+            meta["namespace"] = namespace
+        else:
+            meta.pop("namespace", None)
+        if name is not None and meta.get("name") and meta["name"] != name:
+            raise errors.bad_request(f"the name of the object ({meta['name']}) does not match the name on the URL "
+                                     f"({name})")
+        if name is not None:
+            meta["name"] = name
+        return obj
+
+    def _validate(self, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        causes = validate_metadata(obj, self.rt.name_rule, self.rt.namespaced)
+        if not causes:
+            causes = self.strategy.validate(obj) if old is None else self.strategy.validate_update(obj, old)
+        if old is not None and old["metadata"].get("deletionTimestamp"):
+            added = set(obj["metadata"].get("finalizers") or []) - set(old["metadata"].get("finalizers") or [])
+            if added:
+                causes.append(Cause("FieldValueForbidden", "Forbidden: no new finalizers can be added if the object "
+                                    "is being deleted, found new finalizers " + str(sorted(added)),
+                                    "metadata.finalizers"))
+        if causes:
+            raise errors.invalid(self.rt.kind, self.rt.group, obj["metadata"].get("name", ""), causes)
+
+    # ------------------------------------------------------------------------------------------- update
+
+    async def update(self, namespace: str | None, name: str, body: Any, ctx: WriteContext,
+                     subresource: str | None = None) -> dict[str, Any]:
+        self._ctx(ctx)
+        body = self._check_body(body, namespace, name)
+        wanted_rv = body["metadata"].get("resourceVersion")
+
+        def compute(old: dict[str, Any]) -> dict[str, Any]:
+            return copy.deepcopy(body)
+
+        return await self._update(namespace, name, compute, ctx, subresource, wanted_rv)
+
+    async def patch(self, namespace: str | None, name: str, patcher: Callable[[dict[str, Any]], dict[str, Any]],
+                    ctx: WriteContext, subresource: str | None = None) -> dict[str, Any]:
+        self._ctx(ctx)
+
+        def compute(old: dict[str, Any]) -> dict[str, Any]:
+            new = patcher(old)
+            return self._check_body(new, namespace, name)
+
+        return await self._update(namespace, name, compute, ctx, subresource, None, rv_from_result=True)
+
+    async def mutate(self, namespace: str | None, name: str, change: Callable[[dict[str, Any]], None],
+                     ctx: WriteContext, subresource: str | None = None) -> dict[str, Any]:
+        """Apply a server-side change (binding, scale, finalize) through the same update path."""
+
+        def compute(old: dict[str, Any]) -> dict[str, Any]:
+            new = copy.deepcopy(old)
+            _strip_rv(new)
+            change(new)
+            return new
+
+        return await self._update(namespace, name, compute, self._ctx(ctx), subresource, None)
+
+    async def _update(self, namespace: str | None, name: str, compute: Callable[[dict[str, Any]], dict[str, Any]],
+                      ctx: WriteContext, subresource: str | None, wanted_rv: str | None,
+                      rv_from_result: bool = False) -> dict[str, Any]:
+        key = self.rt.key(namespace, name)
+        result: dict[str, Any] = {}
+
+        async def try_update(kv: KeyValue) -> bytes | None:
+            old = self._decode_kv(kv)
+            new = compute(copy.deepcopy(old))
+            rv = wanted_rv
+            if rv_from_result:
+                rv = (new.get("metadata") or {}).get("resourceVersion")
+            if rv and rv != str(kv.revision):
+                raise errors.conflict(self.rt.plural, self.rt.group, name, errors.STALE_OBJECT)
+            new = self._prepare_update(new, old, subresource)
+            self._validate(new, old)
+            await self.strategy.admit(ctx, new, old)
+            meta = new["metadata"]
+            if meta.get("deletionTimestamp") and not meta.get("finalizers") and not self.strategy.blocks_deletion(new):
+                raise _DeleteInstead(kv, new)
+            _strip_rv(new)
+            if new == _strip_rv(old):
+                new["metadata"]["resourceVersion"] = str(kv.revision)
+                result["obj"] = new
+                return None
+            result["obj"] = new
+            if ctx.dry_run:
+                new["metadata"]["resourceVersion"] = str(kv.revision)
+                return None
+            return self.encode(new)
+
+        while True:
+            try:
+                kv = await guaranteed_update(self.store, key, try_update)
+            except KeyNotFoundError:
+                raise self._not_found(name) from None
+            except _DeleteInstead as pending:
+                if ctx.dry_run:
+                    return pending.obj
+                try:
+                    gone = await self.store.delete(key, expected_revision=pending.kv.revision)
+                except ConflictError:
+                    continue
+                except KeyNotFoundError:
+                    raise self._not_found(name) from None
+                await self.strategy.released(ctx, pending.obj)
+                pending.obj["metadata"]["resourceVersion"] = str(gone.revision)
+                return pending.obj
+            obj = result["obj"]
+            if not ctx.dry_run:
+                obj["metadata"]["resourceVersion"] = str(kv.revision)
+            return obj
+
+    def _prepare_update(self, new: dict[str, Any], old: dict[str, Any], subresource: str | None) -> dict[str, Any]:
+        if subresource == "status":
+            merged = copy.deepcopy(old)
+            merged["status"] = new.get("status")
+            if merged["status"] is None:
+                merged.pop("status")
+            return merged
+        meta, old_meta = new["metadata"], old["metadata"]
+        for field in SYSTEM_METADATA:
+            if field in old_meta:
+                meta[field] = old_meta[field]
+            else:
+                meta.pop(field, None)
+        if self.rt.has_status and subresource is None:
+            if "status" in old:
+                new["status"] = old["status"]
+            else:
+                new.pop("status", None)
+        self.strategy.defaults(new)
+        if subresource is None:
+            self.strategy.prepare_for_update(new, old)
+        if self.strategy.track_generation:
+            generation = old_meta.get("generation", 1)
+            if _spec_part(new) != _spec_part(old):
+                generation += 1
+            meta["generation"] = generation
+        else:
+            meta.pop("generation", None)
+            if "generation" in old_meta:
+                meta["generation"] = old_meta["generation"]
+        return new
+
+    # ------------------------------------------------------------------------------------------- delete
+
+    async def delete(self, namespace: str | None, name: str, options: DeleteOptions,
+                     ctx: WriteContext) -> tuple[dict[str, Any], bool]:
+        """Delete, or mark for deletion. Returns (object, deleted_now)."""
+        self._ctx(ctx)
+        key = self.rt.key(namespace, name)
+        while True:
+            try:
+                kv = await self.store.get(key)
+            except KeyNotFoundError:
+                raise self._not_found(name) from None
+            obj = self._decode_kv(kv)
+            meta = obj["metadata"]
+            if options.precondition_uid and options.precondition_uid != meta.get("uid"):
+                raise errors.conflict(self.rt.plural, self.rt.group, name,
+                                      f"Precondition failed: UID in precondition: {options.precondition_uid}, UID in "
+                                      f"object meta: {meta.get('uid')}")
+            if options.precondition_rv and options.precondition_rv != meta.get("resourceVersion"):
+                raise errors.conflict(self.rt.plural, self.rt.group, name,
+                                      f"Precondition failed: ResourceVersion in precondition: "
+                                      f"{options.precondition_rv}, ResourceVersion in object meta: "
+                                      f"{meta.get('resourceVersion')}")
+            finalizers = list(meta.get("finalizers") or [])
+            policy = options.propagation_policy
+            if policy == "Foreground" and "foregroundDeletion" not in finalizers:
+                finalizers.append("foregroundDeletion")
+            elif policy == "Orphan" and "orphan" not in finalizers:
+                finalizers.append("orphan")
+            grace = self._grace_period(obj, options.grace_period_seconds)
+            if not finalizers and grace == 0 and not self.strategy.blocks_deletion(obj):
+                if options.dry_run or ctx.dry_run:
+                    return obj, True
+                try:
+                    gone = await self.store.delete(key, expected_revision=kv.revision)
+                except ConflictError:
+                    continue
+                except KeyNotFoundError:
+                    raise self._not_found(name) from None
+                await self.strategy.released(ctx, obj)
+                meta["resourceVersion"] = str(gone.revision)
+                return obj, True
+            # Graceful or finalized deletion: mark it and let the kubelet or the finalizers' owners finish.
+            now = _dt.datetime.now(_dt.timezone.utc)
+            deadline = (now + _dt.timedelta(seconds=grace)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            if meta.get("deletionTimestamp") and finalizers == list(meta.get("finalizers") or []):
+                current_grace = meta.get("deletionGracePeriodSeconds")
+                if current_grace is not None and grace >= current_grace:
+                    return obj, False  # already being deleted at least this fast
+            meta["finalizers"] = finalizers
+            if not meta.get("deletionTimestamp") or grace < (meta.get("deletionGracePeriodSeconds") or 0):
+                meta["deletionTimestamp"] = deadline
+            meta["deletionGracePeriodSeconds"] = grace
+            self.strategy.mark_deleting(obj)
+            if options.dry_run or ctx.dry_run:
+                return obj, False
+            try:
+                new_kv = await self.store.update(key, self.encode(obj), kv.revision)
+            except ConflictError:
+                continue
+            except KeyNotFoundError:
+                raise self._not_found(name) from None
+            meta["resourceVersion"] = str(new_kv.revision)
+            return obj, False
+
+    def _grace_period(self, obj: dict[str, Any], requested: int | None) -> int:
+        """Graceful deletion applies to pods on a node that may still run them, as upstream's pod strategy says."""
+        if self.rt.kind != "Pod" or self.rt.group != "":
+            return 0
+        spec, status = obj.get("spec") or {}, obj.get("status") or {}
+        if not spec.get("nodeName") or status.get("phase") in ("Succeeded", "Failed"):
+            return 0
+        grace = requested if requested is not None else spec.get("terminationGracePeriodSeconds", 30)
+        return max(0, int(grace))
+
+    async def delete_collection(self, namespace: str | None, labels: LabelSelector, fields: FieldSelector,
+                                options: DeleteOptions, ctx: WriteContext) -> dict[str, Any]:
+        listing = await self.list(namespace, labels, fields)
+        deleted = []
+        for item in listing["items"]:
+            meta = item["metadata"]
+            try:
+                obj, _ = await self.delete(meta.get("namespace"), meta["name"], options, ctx)
+            except ApiError as exc:
+                if exc.code == 404:
+                    continue
+                raise
+            deleted.append(obj)
+        return {"kind": self.rt.list_kind, "apiVersion": self.rt.api_version,
+                "metadata": {"resourceVersion": listing["metadata"]["resourceVersion"]}, "items": deleted}
+
+    # ------------------------------------------------------------------------------------------- watch
+
+    async def open_watch(self, namespace: str | None, labels: LabelSelector, fields: FieldSelector,
+                         resource_version: str | None, transform: Transform | None,
+                         max_pending: int) -> tuple[Watcher, Callable[[], Awaitable[None]]]:
+        """Start a watch; returns the watcher and a coroutine function that ends it."""
+        await self.cacher.ensure_started()
+        prefix = self.rt.key_prefix(namespace)
+        initial: list[dict[str, Any]] = []
+        if resource_version in (None, "", "0"):
+            # No revision: start with synthetic ADDED events for what exists now, as upstream does.
+            listing = await self.store.list(prefix)
+            revision = listing.revision
+            for kv in listing.items:
+                obj = self._decode_kv(kv)
+                if labels.matches(obj["metadata"].get("labels")) and fields.matches(obj, self.getters):
+                    initial.append(obj)
+        else:
+            try:
+                revision = int(resource_version)
+            except ValueError:
+                raise errors.bad_request(f'invalid resource version: "{resource_version}"') from None
+        watcher = Watcher(prefix, labels, fields, self.getters, revision, transform, self.decode, max_pending)
+        for obj in initial:
+            watcher.push_raw(transform("ADDED", obj) if transform else jsonutil.dumps({"type": "ADDED", "object": obj}))
+        if self.cacher.can_serve(revision):
+            self.cacher.register(watcher)
+
+            async def stop() -> None:
+                self.cacher.unregister(watcher)
+        else:
+            import asyncio
+            task = asyncio.create_task(feed_from_store(self.store, prefix, revision, watcher, self.decode))
+
+            async def stop() -> None:
+                task.cancel()
+        return watcher, stop
+
+
+class NamespaceChecker:
+    """Answers "may objects be created in this namespace?" — it must exist and not be terminating."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def check_writable(self, namespace: str, rt: ResourceType) -> None:
+        try:
+            kv = await self.store.get(f"/registry/namespaces/{namespace}")
+        except KeyNotFoundError:
+            raise errors.not_found("namespaces", "", namespace) from None
+        ns = jsonutil.loads(kv.value)
+        if (ns.get("status") or {}).get("phase") == "Terminating" or (ns.get("metadata") or {}).get(
+                "deletionTimestamp"):
+            if rt.kind == "Event" and rt.group == "":
+                return  # upstream lets events in so that the deletion itself can be reported
+            err = errors.forbidden(f'{rt.plural} "" is forbidden: unable to create new content in namespace '
+                                   f"{namespace} because it is being terminated", rt.plural, rt.group)
+            err.causes = [Cause("NamespaceTerminating", f"namespace {namespace} is being terminated",
+                                "metadata.namespace")]
+            raise err
+
+
+def _generate_name(prefix: str) -> str:
+    return prefix + "".join(random.choice(GENERATE_ALPHABET) for _ in range(5))
+
+
+def _encode_continue(key: str, revision: int, prefix: str) -> str:
+    start = key[len(prefix):] if key.startswith(prefix) else key
+    raw = jsonutil.dumps({"v": "meta.k8s.io/v1", "rv": revision, "start": start})
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_continue(token: str, prefix: str) -> tuple[str, int]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = jsonutil.loads(raw)
+        return prefix + data["start"], int(data["rv"])
+    except Exception:  # noqa: BLE001 - any malformed token is the client's error
+        raise errors.bad_request("continue key is not valid: illegal base64 data or JSON") from None
+
+
+__all__ = ["DeleteOptions", "ExpiredError", "NamespaceChecker", "ResourceStore", "WriteContext"]

@@ -1,0 +1,80 @@
+"""Running the API server: bind a socket, serve the app with uvicorn, stop cleanly.
+
+`ApiServer` is what `ccmkit up`, `ccmkit apiserver` and the test fixtures use. It binds its own socket so that
+port 0 works (the caller learns the real port from `url`), and it ends open watches before uvicorn shuts down so a
+stop never waits on long-lived streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+
+import uvicorn
+
+from controlplane.apiserver.app import ServerOptions, ServerState, create_app
+from controlplane.storage import Store
+
+log = logging.getLogger(__name__)
+
+
+class ApiServer:
+    def __init__(self, store: Store, *, host: str = "127.0.0.1", port: int = 0,
+                 options: ServerOptions | None = None) -> None:
+        self.store = store
+        self.host = host
+        self.port = port
+        self.options = options or ServerOptions()
+        self.state: ServerState | None = None
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._sock: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        sock.listen(2048)
+        sock.setblocking(False)
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        self.state = ServerState(self.store, options=self.options, server_address=f"{self.host}:{self.port}")
+        await self.state.bootstrap()
+        app = create_app(self.state)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                http="httptools", timeout_graceful_shutdown=2, timeout_keep_alive=60)
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the CLI owns signals
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="apiserver")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # surfaces the bind/serve error
+                raise RuntimeError("the API server stopped while starting")
+            await asyncio.sleep(0.002)
+
+    async def stop(self) -> None:
+        if self.state is not None:
+            await self.state.close()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._sock is not None:
+            self._sock.close()
+
+    async def __aenter__(self) -> ApiServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+__all__ = ["ApiServer", "ServerOptions"]
