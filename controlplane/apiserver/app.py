@@ -13,7 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
@@ -122,8 +123,10 @@ def _arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
-def create_app(state: ServerState) -> FastAPI:
-    app = FastAPI(title="ccmkit API server", docs_url=None, redoc_url=None, openapi_url=None)
+def create_app(state: ServerState) -> Starlette:
+    """The ASGI app. Plain Starlette (FastAPI's core): the API is routed by hand, and FastAPI's pydantic layer would
+    add startup time and per-request work this server does not use (see docs/ARCHITECTURE.md)."""
+    app = Starlette()
     app.state.api = state
     handlers = ApiHandlers(state)
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -184,17 +187,23 @@ def create_app(state: ServerState) -> FastAPI:
     app.add_route("/apis/{group}/{version}/{path:path}", handlers.grouped, methods=methods)
     app.add_route("/{path:path}", not_found, methods=methods)
 
-    @app.exception_handler(errors.ApiError)
-    async def api_error(request: Request, exc: errors.ApiError) -> Response:
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, errors.ApiError)
         return error_response(exc)
 
-    @app.exception_handler(Exception)
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 405:
+            return error_response(errors.method_not_allowed())
+        return error_response(errors.ApiError(exc.status_code, "BadRequest" if exc.status_code == 400 else "Unknown",
+                                              str(exc.detail)))
+
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error serving %s %s", request.method, request.url.path)
         return error_response(errors.internal(type(exc).__name__))
 
-    @app.exception_handler(405)
-    async def method_not_allowed(request: Request, exc: Exception) -> Response:
-        return error_response(errors.method_not_allowed())
+    app.add_exception_handler(errors.ApiError, api_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
 
     return app
