@@ -158,15 +158,21 @@ class ResourceStore:
         remaining = 0
         done = False
         while not done:
-            # Pages are read at the current revision; the continue token carries the first page's revision so
-            # every page reports the same resourceVersion (see docs/ARCHITECTURE.md on list consistency).
+            # Every page is read at the first page's revision (carried in the continue token), so a paginated list
+            # is one consistent snapshot, as upstream's is; once that revision is compacted the token expires (410).
             if not limit:
                 page_size = 0
             elif filtered:
                 page_size = max(limit - len(items), 256)
             else:
                 page_size = limit - len(items)
-            page = await self.store.list(prefix, limit=page_size, start_after=start_after)
+            try:
+                page = await self.store.list(prefix, limit=page_size, start_after=start_after,
+                                             revision=list_rv or 0)
+            except ExpiredError:
+                raise errors.ApiError(410, "Expired", "The provided continue parameter is too old to display a "
+                                      "consistent list result. You can start a new list without the continue "
+                                      "parameter.") from None
             revision = revision or page.revision
             for i, kv in enumerate(page.items):
                 obj = self._decode_kv(kv)
