@@ -7,6 +7,7 @@ discovery, health, version and REST routes onto it. Only this package touches th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import platform
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from controlplane.apiserver import discovery, errors
 from controlplane.apiserver.allocators import ServiceAllocator
+from controlplane.apiserver.crd import CrdController, crd_resource
 from controlplane.apiserver.handlers import ApiHandlers, error_response, json_response
 from controlplane.apiserver.kinds import builtin_registry
 from controlplane.apiserver.openapi import OpenApiCache
@@ -61,15 +63,40 @@ class ServerState:
     def __post_init__(self) -> None:
         self.allocator = self.allocator or ServiceAllocator(self.options.service_cidr)
         self.namespaces = NamespaceChecker(self.store)
-        for rt in self.registry.all():
+        self._tasks: set[asyncio.Task[Any]] = set()
+        if self.registry.lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions") is None:
+            self.registry.add(crd_resource())
+        for rt in list(self.registry.all()):
             self.add_resource(rt)
+        self.crds = CrdController(self)
 
-    def add_resource(self, rt: ResourceType) -> ResourceStore:
+    def add_resource(self, rt: ResourceType, replace: bool = False) -> ResourceStore:
+        """Serve ``rt``. Built-ins are added at construction; the CRD controller adds custom ones at run time."""
+        key = (rt.group, rt.version, rt.plural)
+        previous = self.stores.get(key)
+        if previous is not None and not replace:
+            return previous
         store = ResourceStore(rt, self.store, self.namespaces,
                               self.allocator if rt.kind == "Service" and rt.group == "" else None,
                               watch_window=self.options.watch_window)
-        self.stores[(rt.group, rt.version, rt.plural)] = store
+        self.stores[key] = store
+        if self.registry.lookup(*key) is not rt:
+            self.registry.add(rt)
+        if previous is not None:
+            self._background(previous.cacher.stop())
         return store
+
+    def remove_resource(self, rt: ResourceType) -> None:
+        key = (rt.group, rt.version, rt.plural)
+        self.registry.remove(*key)
+        store = self.stores.pop(key, None)
+        if store is not None:
+            self._background(store.cacher.stop())
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def store_for(self, group: str, version: str, plural: str) -> ResourceStore:
         return self.stores[(group, version, plural)]
@@ -99,10 +126,14 @@ class ServerState:
                 "spec": {"clusterIP": self.allocator.kubernetes_service_ip,
                          "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
             }, WriteContext("default"))
+        await self.crds.start()
 
     async def close(self) -> None:
-        for store in self.stores.values():
+        await self.crds.stop()
+        for store in list(self.stores.values()):
             await store.cacher.stop()
+        for task in list(self._tasks):
+            await task
 
 
 _EMPTY_LABELS = LabelSelector()

@@ -107,6 +107,7 @@ class ResourceStore:
         self.namespaces = namespaces
         self.allocator = allocator
         self.getters = self.strategy.all_field_getters()
+        self.serves_other_versions = rt.storage_prefix == f"{rt.group}/{rt.plural}"
         self.cacher = Cacher(store, rt.key_prefix(), self.decode, window=watch_window)
 
     # ------------------------------------------------------------------------------------------- encoding
@@ -114,6 +115,9 @@ class ResourceStore:
     def decode(self, value: bytes, revision: int) -> dict[str, Any]:
         obj = jsonutil.loads(value)
         obj.setdefault("metadata", {})["resourceVersion"] = str(revision)
+        if self.serves_other_versions:
+            # Versions of a custom resource share storage; conversion "None" only changes apiVersion.
+            obj["apiVersion"] = self.rt.api_version
         return obj
 
     def _decode_kv(self, kv: KeyValue) -> dict[str, Any]:
