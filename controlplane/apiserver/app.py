@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from controlplane.apiserver import discovery, errors
+from controlplane.apiserver import discovery, errors, jsonutil
 from controlplane.apiserver.allocators import ServiceAllocator
 from controlplane.apiserver.crd import CrdController, crd_resource
 from controlplane.apiserver.handlers import ApiHandlers, error_response, json_response
@@ -55,7 +55,6 @@ class ServerState:
     allocator: ServiceAllocator | None = None
     # Hooks filled in by later components.
     node_proxy: Callable[..., Awaitable[Response]] | None = None
-    apply_handler: Callable[..., Awaitable[Response]] | None = None
     evictor: Callable[[str | None, str], Awaitable[None]] | None = None
     custom_groups: set[str] = field(default_factory=set)
     server_address: str = "127.0.0.1:6443"
@@ -168,14 +167,21 @@ def create_app(state: ServerState) -> Starlette:
     async def version(request: Request) -> Response:
         return json_response(version_info())
 
+    def aggregated(request: Request, legacy: bool) -> Response | None:
+        version = discovery.aggregated_version(request.headers.get("accept", ""))
+        if version is None:
+            return None
+        return Response(jsonutil.dumps(discovery.aggregated(state.registry, legacy, version)),
+                        media_type=discovery.aggregated_media_type(version), headers={"Vary": "Accept"})
+
     async def api(request: Request) -> Response:
-        return json_response(discovery.api_versions(state.server_address))
+        return aggregated(request, True) or json_response(discovery.api_versions(state.server_address))
 
     async def api_v1(request: Request) -> Response:
         return json_response(discovery.resource_list(state.registry, "", "v1"))
 
     async def apis(request: Request) -> Response:
-        return json_response(discovery.group_list(state.registry))
+        return aggregated(request, False) or json_response(discovery.group_list(state.registry))
 
     async def api_group(request: Request) -> Response:
         group = discovery.group(state.registry, request.path_params["group"])

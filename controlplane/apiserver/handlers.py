@@ -18,7 +18,7 @@ import yaml
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from controlplane.apiserver import errors, jsonutil, patch, tables
+from controlplane.apiserver import errors, fieldmanager, jsonutil, patch, tables
 from controlplane.apiserver.cacher import WatchClosed
 from controlplane.apiserver.errors import ApiError
 from controlplane.apiserver.kinds.base import get_path, set_path
@@ -319,7 +319,11 @@ class ApiHandlers:
         if validation is not None and validation not in ("Ignore", "Warn", "Strict"):
             raise errors.bad_request(f'fieldValidation parameter unsupported: "{validation}"; supported values: '
                                      '"Ignore", "Warn", "Strict"')
-        return WriteContext(t.namespace, _dry_run(q), q.get("fieldManager"))
+        manager = q.get("fieldManager")
+        if manager is None:
+            # As upstream: without an explicit fieldManager, the writer is named by its User-Agent's product.
+            manager = (request.headers.get("user-agent") or "unknown").split("/", 1)[0][:128]
+        return WriteContext(t.namespace, _dry_run(q), manager)
 
     async def create(self, request: Request, store: ResourceStore, t: Target) -> Response:
         ctx = self._ctx(request, t)
@@ -345,16 +349,46 @@ class ApiHandlers:
         body = await read_body(request)
         assert t.name is not None
         if media == patch.APPLY_PATCH:
-            apply = self.state.apply_handler
-            if apply is None:
-                raise errors.unsupported_media_type(content_type)
-            return await apply(request, store, t, body, ctx)
+            return await self.server_side_apply(request, store, t, body, ctx)
         if body is None:
             raise errors.bad_request("the request body is empty; a patch is required")
         custom = self.state.is_custom(t.rt)
 
         def patcher(current: dict[str, Any]) -> dict[str, Any]:
             return patch.apply_patch(content_type, current, body, custom)
+
+        obj = await store.patch(t.namespace, t.name, patcher, ctx, t.subresource)
+        return self._respond(request, t.rt, obj)
+
+    async def server_side_apply(self, request: Request, store: ResourceStore, t: Target, body: Any,
+                                ctx: WriteContext) -> Response:
+        assert t.name is not None
+        q = request.query_params
+        if not q.get("fieldManager"):
+            raise errors.bad_request("PATCH, fieldManager: Required value: is required for apply patch")
+        if not isinstance(body, dict):
+            raise errors.bad_request("the apply configuration must be an object")
+        applied_name = get_path(body, "metadata.name")
+        if applied_name and applied_name != t.name:
+            raise errors.bad_request(f"the name of the object ({applied_name}) does not match the name on the URL "
+                                     f"({t.name})")
+        body.setdefault("metadata", {})["name"] = t.name
+        force = _query_bool(q, "force")
+        custom = self.state.is_custom(t.rt)
+        sub = t.subresource or ""
+        ctx.applying = True
+        try:
+            current = await store.get(t.namespace, t.name)
+        except ApiError as exc:
+            if exc.code != 404 or sub:
+                raise
+            created = fieldmanager.apply(None, body, ctx.field_manager or "", force, custom, t.rt.plural)
+            obj = await store.create(t.namespace, created, ctx)
+            return self._respond(request, t.rt, obj, 201)
+        del current
+
+        def patcher(current: dict[str, Any]) -> dict[str, Any]:
+            return fieldmanager.apply(current, body, ctx.field_manager or "", force, custom, t.rt.plural, sub)
 
         obj = await store.patch(t.namespace, t.name, patcher, ctx, t.subresource)
         return self._respond(request, t.rt, obj)

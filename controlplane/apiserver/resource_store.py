@@ -20,6 +20,7 @@ from controlplane.apiserver import errors, jsonutil
 from controlplane.apiserver.allocators import ServiceAllocator
 from controlplane.apiserver.cacher import Cacher, Transform, Watcher, feed_from_store
 from controlplane.apiserver.errors import ApiError, Cause
+from controlplane.apiserver.fieldmanager import record_update
 from controlplane.apiserver.registry import ResourceType
 from controlplane.apiserver.selectors import FieldSelector, LabelSelector
 from controlplane.apiserver.validation import validate_metadata
@@ -43,6 +44,7 @@ class WriteContext:
     dry_run: bool = False
     field_manager: str | None = None
     allocator: ServiceAllocator | None = None
+    applying: bool = False  # a server-side apply computed managedFields itself
 
 
 @dataclass
@@ -92,6 +94,11 @@ def _strip_rv(obj: dict[str, Any]) -> dict[str, Any]:
     if isinstance(meta, dict):
         meta.pop("resourceVersion", None)
     return obj
+
+
+def _without_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    return {**obj, "metadata": meta}
 
 
 def _spec_part(obj: dict[str, Any]) -> dict[str, Any]:
@@ -225,6 +232,8 @@ class ResourceStore:
             meta["name"] = _generate_name(meta["generateName"])
         self.strategy.prepare_for_create(obj)
         self._validate(obj, None)
+        if not ctx.applying:
+            record_update(obj, None, ctx.field_manager)
         if self.rt.namespaced:
             await self.namespaces.check_writable(namespace or "", self.rt)
         for attempt in range(8):
@@ -358,13 +367,24 @@ class ResourceStore:
             self._validate(new, old)
             await self.strategy.admit(ctx, new, old)
             meta = new["metadata"]
-            if meta.get("deletionTimestamp") and not meta.get("finalizers") and not self.strategy.blocks_deletion(new):
+            if (meta.get("deletionTimestamp") and not meta.get("finalizers") and not self.strategy.blocks_deletion(new)
+                    and (old["metadata"].get("finalizers") or self.strategy.blocks_deletion(old))
+                    and not meta.get("deletionGracePeriodSeconds")):
+                # Upstream's ShouldDeleteDuringUpdate: only the update that removes the last finalizer ends the
+                # object, and only once its grace period is over; a pod in graceful deletion keeps taking status
+                # updates until its kubelet deletes it with gracePeriodSeconds=0.
                 raise _DeleteInstead(kv, new)
             _strip_rv(new)
-            if new == _strip_rv(old):
+            _strip_rv(old)
+            if _without_managed_fields(new) == _without_managed_fields(old):
                 new["metadata"]["resourceVersion"] = str(kv.revision)
+                new["metadata"].pop("managedFields", None)
+                if "managedFields" in old["metadata"]:
+                    new["metadata"]["managedFields"] = old["metadata"]["managedFields"]
                 result["obj"] = new
                 return None
+            if not ctx.applying:
+                record_update(new, old, ctx.field_manager, subresource if subresource == "status" else "")
             result["obj"] = new
             if ctx.dry_run:
                 new["metadata"]["resourceVersion"] = str(kv.revision)
