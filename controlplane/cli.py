@@ -95,5 +95,22 @@ def apiserver(data_dir: Path | None, port: int, host: str, store: str, bookmark_
     _run(_serve(config, banner=True))
 
 
+@main.group()
+def cri() -> None:
+    """Container Runtime Interface tools."""
+
+
+@cri.command("serve")
+@click.option("--runtime", type=click.Choice(["simulated", "process"]), default="simulated", show_default=True,
+              help="Which runtime to serve over the CRI v1 gRPC API.")
+@click.option("--socket", "socket_path", required=True, help="Unix socket path to listen on.")
+@_data_dir_option
+def cri_serve(runtime: str, socket_path: str, data_dir: Path | None) -> None:
+    """Serve a ccmkit runtime over the real CRI gRPC API, for any CRI client (a kubelet, crictl)."""
+    from controlplane.kubelet.cri import server
+
+    _run(server.main(runtime, socket_path, data_dir or default_data_dir() / "cri"))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
