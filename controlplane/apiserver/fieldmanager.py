@@ -216,7 +216,7 @@ def record_update(new: dict[str, Any], old: dict[str, Any] | None, manager: str 
 
 
 def apply(current: dict[str, Any] | None, applied: dict[str, Any], manager: str, force: bool, custom: bool,
-          resource: str, subresource: str = "") -> dict[str, Any]:
+          resource: str, subresource: str = "", schema: dict[str, Any] | None = None) -> dict[str, Any]:
     """Server-side apply of ``applied`` by ``manager`` onto ``current`` (None: the object is created)."""
     if not manager:
         raise ApiError(400, "BadRequest", "PATCH, fieldManager: Required value: is required for apply patch")
@@ -253,7 +253,7 @@ def apply(current: dict[str, Any] | None, applied: dict[str, Any], manager: str,
     if mine is not None:
         for path in sorted(mine.fields - new_fields - others, key=len, reverse=True):
             _remove_path(base, path)
-    merged = merge_patch(base, applied) if custom else strategic_merge_patch(base, _without_nulls(applied))
+    merged = merge_patch(base, applied) if custom else strategic_merge_patch(base, _without_nulls(applied), schema)
     if mine is None:
         mine = Entry(manager, "Apply", applied.get("apiVersion", ""), "", set(), subresource)
         entries.append(mine)

@@ -323,7 +323,7 @@ class ApiHandlers:
         if manager is None:
             # As upstream: without an explicit fieldManager, the writer is named by its User-Agent's product.
             manager = (request.headers.get("user-agent") or "unknown").split("/", 1)[0][:128]
-        return WriteContext(t.namespace, _dry_run(q), manager)
+        return WriteContext(t.namespace, _dry_run(q), manager, field_validation=validation or "Warn")
 
     async def create(self, request: Request, store: ResourceStore, t: Target) -> Response:
         ctx = self._ctx(request, t)
@@ -331,14 +331,14 @@ class ApiHandlers:
         if t.rt.namespaced and t.namespace is None:
             raise errors.not_found_path()
         obj = await store.create(t.namespace, body, ctx)
-        return self._respond(request, t.rt, obj, 201)
+        return _warn(ctx, self._respond(request, t.rt, obj, 201))
 
     async def update(self, request: Request, store: ResourceStore, t: Target) -> Response:
         ctx = self._ctx(request, t)
         body = await read_body(request)
         assert t.name is not None
         obj = await store.update(t.namespace, t.name, body, ctx, t.subresource)
-        return self._respond(request, t.rt, obj)
+        return _warn(ctx, self._respond(request, t.rt, obj))
 
     async def patch(self, request: Request, store: ResourceStore, t: Target) -> Response:
         ctx = self._ctx(request, t)
@@ -354,11 +354,13 @@ class ApiHandlers:
             raise errors.bad_request("the request body is empty; a patch is required")
         custom = self.state.is_custom(t.rt)
 
+        schema = store.schema
+
         def patcher(current: dict[str, Any]) -> dict[str, Any]:
-            return patch.apply_patch(content_type, current, body, custom)
+            return patch.apply_patch(content_type, current, body, custom, schema)
 
         obj = await store.patch(t.namespace, t.name, patcher, ctx, t.subresource)
-        return self._respond(request, t.rt, obj)
+        return _warn(ctx, self._respond(request, t.rt, obj))
 
     async def server_side_apply(self, request: Request, store: ResourceStore, t: Target, body: Any,
                                 ctx: WriteContext) -> Response:
@@ -384,14 +386,15 @@ class ApiHandlers:
                 raise
             created = fieldmanager.apply(None, body, ctx.field_manager or "", force, custom, t.rt.plural)
             obj = await store.create(t.namespace, created, ctx)
-            return self._respond(request, t.rt, obj, 201)
+            return _warn(ctx, self._respond(request, t.rt, obj, 201))
         del current
 
         def patcher(current: dict[str, Any]) -> dict[str, Any]:
-            return fieldmanager.apply(current, body, ctx.field_manager or "", force, custom, t.rt.plural, sub)
+            return fieldmanager.apply(current, body, ctx.field_manager or "", force, custom, t.rt.plural, sub,
+                                      store.schema)
 
         obj = await store.patch(t.namespace, t.name, patcher, ctx, t.subresource)
-        return self._respond(request, t.rt, obj)
+        return _warn(ctx, self._respond(request, t.rt, obj))
 
     async def delete(self, request: Request, store: ResourceStore, t: Target) -> Response:
         ctx = self._ctx(request, t)
@@ -530,6 +533,14 @@ class ApiHandlers:
         await store.delete(t.namespace, t.name, options, ctx)
         return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                               "code": 201}, 201)
+
+
+def _warn(ctx: WriteContext, response: Response) -> Response:
+    """Attach the write's warnings as `Warning` headers (RFC 7234 code 299), which kubectl prints."""
+    for text in dict.fromkeys(ctx.warnings):
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+        response.headers.append("Warning", f'299 - "{escaped}"')
+    return response
 
 
 def _requirement_text(r: Any) -> str:

@@ -3,7 +3,8 @@
 kubectl reads these before every write with validation on: when a resource's PATCH operation (tagged with
 `x-kubernetes-group-version-kind`) declares the `fieldValidation` query parameter, kubectl leaves validation to the
 server instead of downloading the whole v2 schema. The documents list every served path and operation; object
-schemas are open (`x-kubernetes-preserve-unknown-fields`) until the schema-driven OpenAPI replaces them.
+schemas are upstream's for built-in kinds (from `schemas.py`) and the CRD's own for custom resources, so
+`kubectl explain` works for both.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from controlplane.apiserver import jsonutil
+from controlplane.apiserver import jsonutil, schemas
 from controlplane.apiserver.registry import Registry, ResourceType
 
 _QUERY_PARAMS = ("dryRun", "fieldManager", "fieldValidation", "pretty")
@@ -49,9 +50,31 @@ def _operation(rt: ResourceType, action: str, verb: str, params: list[str], body
 
 
 def _schema_name(rt: ResourceType) -> str:
-    group = rt.group or "core"
-    prefix = "io.k8s.api." + group.split(".")[0] if "." not in group or group.endswith(".k8s.io") else group
-    return f"{prefix}.{rt.version}.{rt.kind}"
+    """Upstream's definition name for built-ins; reversed-domain names for custom kinds, as upstream makes them."""
+    builtin = schemas.definition_name(rt.group, rt.version, rt.kind)
+    if builtin:
+        return builtin
+    reversed_group = ".".join(reversed(rt.group.split("."))) if rt.group else "core"
+    return f"{reversed_group}.{rt.version}.{rt.kind}"
+
+
+def _kind_schema(rt: ResourceType) -> dict[str, Any]:
+    gvk = [{"group": rt.group, "version": rt.version, "kind": rt.kind}]
+    custom = getattr(rt.strategy, "schema", None)
+    if isinstance(custom, dict):
+        schema = dict(custom)
+        props = dict(schema.get("properties") or {})
+        props.setdefault("apiVersion", {"type": "string", "description": "APIVersion defines the versioned schema "
+                                        "of this representation of an object."})
+        props.setdefault("kind", {"type": "string", "description": "Kind is a string value representing the REST "
+                                  "resource this object represents."})
+        props.setdefault("metadata", {"type": "object", "description": "Standard object's metadata."})
+        schema["properties"] = props
+    else:
+        schema = {"type": "object", "description": f"{rt.kind} ({rt.api_version})",
+                  "x-kubernetes-preserve-unknown-fields": True}
+    schema["x-kubernetes-group-version-kind"] = gvk
+    return schema
 
 
 def group_version_document(registry: Registry, group: str, version: str) -> dict[str, Any] | None:
@@ -59,7 +82,8 @@ def group_version_document(registry: Registry, group: str, version: str) -> dict
     if not resources:
         return None
     paths: dict[str, Any] = {}
-    schemas: dict[str, Any] = {}
+    components: dict[str, Any] = {}
+    builtin: list[str] = []
     base = "/" + _gv_path(group, version)
     for rt in resources:
         collection = f"{base}/namespaces/{{namespace}}/{rt.plural}" if rt.namespaced else f"{base}/{rt.plural}"
@@ -87,17 +111,16 @@ def group_version_document(registry: Registry, group: str, version: str) -> dict
                     "put": _operation(rt, "put", f"replace{sub.title()}", list(_QUERY_PARAMS), True),
                     "parameters": _path_params(rt.namespaced, True),
                 }
-        schemas[_schema_name(rt)] = {
-            "type": "object",
-            "description": f"{rt.kind} ({rt.api_version})",
-            "x-kubernetes-preserve-unknown-fields": True,
-            "x-kubernetes-group-version-kind": [{"group": rt.group, "version": rt.version, "kind": rt.kind}],
-        }
+        if schemas.definition_name(rt.group, rt.version, rt.kind):
+            builtin.append(_schema_name(rt))
+        else:
+            components[_schema_name(rt)] = _kind_schema(rt)
+    components.update(schemas.component_schemas(builtin))
     return {
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.32.0"},
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {"schemas": components},
     }
 
 

@@ -3,7 +3,8 @@
 JSON merge patch (RFC 7386) and JSON patch (RFC 6902, via `jsonpatch`) are generic. Strategic merge patch is
 Kubernetes' own: lists of objects merge by a key (containers by name, ports by containerPort, ...) and directives
 (`$patch`, `$retainKeys`, `$deleteFromPrimitiveList`, `$setElementOrder`) refine the merge. Its merge keys come from
-a small table of the fields where upstream declares one; custom resources use merge patch, as upstream does.
+the kind's upstream schema (`schemas.py`), falling back to a small table of the usual fields; custom resources use
+merge patch, as upstream does.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from typing import Any
 
 import jsonpatch
 
+from controlplane.apiserver import schemas
 from controlplane.apiserver.errors import bad_request, unsupported_media_type
+
+Schema = dict[str, Any] | None
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -78,13 +82,15 @@ def _unprocessable(message: str):  # type: ignore[no-untyped-def]
     return ApiError(422, "Invalid", message)
 
 
-def strategic_merge_patch(target: Any, patch: Any) -> Any:
+def strategic_merge_patch(target: Any, patch: Any, schema: Schema = None) -> Any:
+    """Strategic merge patch; with the kind's upstream schema the merge keys come from its patch metadata,
+    without one from the MERGE_KEYS table."""
     if not isinstance(patch, dict):
         raise bad_request("strategic merge patch must be a JSON object")
-    return _smp_map(target if isinstance(target, dict) else {}, patch)
+    return _smp_map(target if isinstance(target, dict) else {}, patch, schema)
 
 
-def _smp_map(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+def _smp_map(target: dict[str, Any], patch: dict[str, Any], schema: Schema = None) -> dict[str, Any]:
     directive = patch.get("$patch")
     if directive == "replace":
         return {k: copy.deepcopy(v) for k, v in patch.items() if k != "$patch"}
@@ -105,9 +111,11 @@ def _smp_map(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
             if value.get("$patch") == "delete":
                 result.pop(key, None)
             else:
-                result[key] = _smp_map(current if isinstance(current, dict) else {}, value)
+                result[key] = _smp_map(current if isinstance(current, dict) else {}, value,
+                                       schemas.child(schema, key))
         elif isinstance(value, list):
-            result[key] = _smp_list(key, current if isinstance(current, list) else [], value)
+            result[key] = _smp_list(key, current if isinstance(current, list) else [], value,
+                                    schemas.child(schema, key) if schema is not None else None)
         else:
             result[key] = copy.deepcopy(value)
     for key, value in patch.items():
@@ -129,8 +137,9 @@ def _merge_key(field: str, items: list[Any]) -> str | None:
     return MERGE_KEYS.get(field)
 
 
-def _smp_list(field: str, current: list[Any], patch: list[Any]) -> list[Any]:
-    key = _merge_key(field, current + patch)
+def _smp_list(field: str, current: list[Any], patch: list[Any], schema: Schema = None) -> list[Any]:
+    key = schemas.list_merge_key(schema) if schema is not None else _merge_key(field, current + patch)
+    item_schema = schemas.items(schema) if schema is not None else None
     if key is None:
         if any(isinstance(p, dict) and p.get("$patch") == "replace" for p in patch):
             return [copy.deepcopy(p) for p in patch if not (isinstance(p, dict) and "$patch" in p)]
@@ -154,14 +163,15 @@ def _smp_list(field: str, current: list[Any], patch: list[Any]) -> list[Any]:
             removed.add(ident)
             continue
         if ident in index:
-            result[index[ident]] = _smp_map(result[index[ident]], item)
+            result[index[ident]] = _smp_map(result[index[ident]], item, item_schema)
         else:
             index[ident] = len(result)
-            result.append(_smp_map({}, item))
+            result.append(_smp_map({}, item, item_schema))
     return [r for r in result if not (isinstance(r, dict) and r.get(key) in removed)]
 
 
-def apply_patch(content_type: str, target: dict[str, Any], patch: Any, custom: bool) -> dict[str, Any]:
+def apply_patch(content_type: str, target: dict[str, Any], patch: Any, custom: bool,
+                schema: Schema = None) -> dict[str, Any]:
     """Apply a PATCH body of ``content_type`` to ``target`` (a copy is returned; the target is not changed)."""
     media = content_type.split(";", 1)[0].strip().lower()
     if media == MERGE_PATCH:
@@ -171,7 +181,7 @@ def apply_patch(content_type: str, target: dict[str, Any], patch: Any, custom: b
     elif media == STRATEGIC_MERGE_PATCH:
         if custom:
             raise unsupported_media_type(content_type)
-        result = strategic_merge_patch(target, patch)
+        result = strategic_merge_patch(target, patch, schema)
     else:
         raise unsupported_media_type(content_type)
     if not isinstance(result, dict):

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import datetime as _dt
 import random
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.apiserver import errors, jsonutil
+from controlplane.apiserver import errors, jsonutil, schemas
 from controlplane.apiserver.allocators import ServiceAllocator
 from controlplane.apiserver.cacher import Cacher, Transform, Watcher, feed_from_store
 from controlplane.apiserver.errors import ApiError, Cause
@@ -45,6 +46,8 @@ class WriteContext:
     field_manager: str | None = None
     allocator: ServiceAllocator | None = None
     applying: bool = False  # a server-side apply computed managedFields itself
+    field_validation: str = "Warn"  # Ignore | Warn | Strict, for fields the kind's schema does not declare
+    warnings: list[str] = field(default_factory=list)  # sent back as `Warning: 299 - "..."` headers
 
 
 @dataclass
@@ -213,6 +216,7 @@ class ResourceStore:
     async def create(self, namespace: str | None, obj: Any, ctx: WriteContext) -> dict[str, Any]:
         self._ctx(ctx)
         obj = self._check_body(obj, namespace, None)
+        self._check_fields(obj, ctx)
         meta = obj["metadata"]
         for field in SYSTEM_METADATA + ("resourceVersion", "generation"):
             meta.pop(field, None)
@@ -270,6 +274,35 @@ class ResourceStore:
             return obj
         raise errors.ApiError(500, "ServerTimeout", "could not generate a unique name; please retry")
 
+    @functools.cached_property
+    def schema(self) -> dict[str, Any] | None:
+        """The kind's schema: upstream's for built-ins, the CRD's structural schema for custom resources."""
+        custom_schema = getattr(self.strategy, "schema", None)
+        if isinstance(custom_schema, dict):
+            return custom_schema
+        return schemas.schema_for(self.rt.group, self.rt.version, self.rt.kind)
+
+    def _check_fields(self, obj: dict[str, Any], ctx: WriteContext) -> None:
+        """Drop fields the schema does not know, as upstream's decoder does; report them per fieldValidation."""
+        schema = self.schema
+        if schema is None:
+            return
+        if getattr(self.strategy, "schema", None) is not None:
+            # A CRD schema rarely declares apiVersion/kind/metadata; those are always allowed at the root.
+            body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+            dropped = schemas.drop_unknown_fields(body, schema)
+            for key in [k for k in obj if k not in ("apiVersion", "kind", "metadata") and k not in body]:
+                del obj[key]
+        else:
+            dropped = schemas.drop_unknown_fields(obj, schema)
+        if not dropped:
+            return
+        names = [f'unknown field "{p[1:]}"' for p in dropped]
+        if ctx.field_validation == "Strict":
+            raise errors.bad_request("strict decoding error: " + ", ".join(names))
+        if ctx.field_validation == "Warn":
+            ctx.warnings.extend(names)
+
     def _check_body(self, obj: Any, namespace: str | None, name: str | None) -> dict[str, Any]:
         """Shape checks every write body needs: an object of this kind, in this namespace, with metadata."""
         if not isinstance(obj, dict):
@@ -320,6 +353,7 @@ class ResourceStore:
                      subresource: str | None = None) -> dict[str, Any]:
         self._ctx(ctx)
         body = self._check_body(body, namespace, name)
+        self._check_fields(body, ctx)
         wanted_rv = body["metadata"].get("resourceVersion")
 
         def compute(old: dict[str, Any]) -> dict[str, Any]:
@@ -332,8 +366,10 @@ class ResourceStore:
         self._ctx(ctx)
 
         def compute(old: dict[str, Any]) -> dict[str, Any]:
-            new = patcher(old)
-            return self._check_body(new, namespace, name)
+            new = self._check_body(patcher(old), namespace, name)
+            ctx.warnings.clear()  # a retried compare-and-swap must not repeat the warnings
+            self._check_fields(new, ctx)
+            return new
 
         return await self._update(namespace, name, compute, ctx, subresource, None, rv_from_result=True)
 

@@ -1,0 +1,200 @@
+"""The upstream schemas of the built-in kinds, from the `kubernetes-validate` package, and what is built on them.
+
+The package ships kube-apiserver's own OpenAPI definitions as JSON Schema, per Kubernetes release, including the
+patch metadata (`x-kubernetes-patch-merge-key`, `x-kubernetes-patch-strategy`, list types). From them come: the
+OpenAPI v3 component schemas (so `kubectl explain` works), unknown-field detection for `fieldValidation`
+Strict/Warn, and the merge keys of strategic merge patch. The file is loaded on first use, never at start-up.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+SCHEMA_RELEASE = "v1.32.0-local"
+_REF = "#/$defs/"
+
+
+@functools.lru_cache(maxsize=1)
+def definitions() -> dict[str, Any]:
+    try:
+        root = importlib.resources.files("kubernetes_validate") / "kubernetes-json-schema" / SCHEMA_RELEASE
+        data = orjson.loads((root / "_definitions.json").read_bytes())
+    except (ModuleNotFoundError, FileNotFoundError):  # the package is optional: without it, schemas are open
+        return {}
+    return data.get("$defs", {})
+
+
+@functools.lru_cache(maxsize=1)
+def _gvk_index() -> dict[tuple[str, str, str], str]:
+    index = {}
+    for name, schema in definitions().items():
+        for gvk in schema.get("x-kubernetes-group-version-kind") or []:
+            index[(gvk.get("group", ""), gvk.get("version", ""), gvk.get("kind", ""))] = name
+    return index
+
+
+def definition_name(group: str, version: str, kind: str) -> str | None:
+    return _gvk_index().get((group, version, kind))
+
+
+def resolve(schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Follow a `$ref` (one level; definitions never chain refs)."""
+    if schema is None:
+        return None
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith(_REF):
+        return definitions().get(ref[len(_REF):])
+    return schema
+
+
+def schema_for(group: str, version: str, kind: str) -> dict[str, Any] | None:
+    name = definition_name(group, version, kind)
+    return definitions().get(name) if name else None
+
+
+# ---------------------------------------------------------------------------------------------------- strict
+
+
+def _is_open(schema: dict[str, Any]) -> bool:
+    """Schemas that accept any field: no properties declared (RawExtension, JSON, Quantity, IntOrString, ...)."""
+    return "properties" not in schema and "additionalProperties" not in schema
+
+
+def drop_unknown_fields(obj: Any, schema: dict[str, Any] | None, path: str = "") -> list[str]:
+    """Remove, in place, the fields of ``obj`` the schema does not declare, as decoding into upstream's typed
+    structs does; return their dotted paths for the `fieldValidation` warning or error."""
+    schema = resolve(schema)
+    dropped: list[str] = []
+    if schema is None or schema.get("x-kubernetes-preserve-unknown-fields"):
+        return dropped
+    if isinstance(obj, dict):
+        if _is_open(schema):
+            return dropped
+        props = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        for key in list(obj):
+            if key in props:
+                dropped += drop_unknown_fields(obj[key], props[key], f"{path}.{key}")
+            elif isinstance(extra, dict):
+                dropped += drop_unknown_fields(obj[key], extra, f"{path}.{key}")
+            elif extra is not True:
+                del obj[key]
+                dropped.append(f"{path}.{key}")
+    elif isinstance(obj, list):
+        item_schema = schema.get("items")
+        if isinstance(item_schema, dict):
+            for i, value in enumerate(obj):
+                dropped += drop_unknown_fields(value, item_schema, f"{path}[{i}]")
+    return dropped
+
+
+# ---------------------------------------------------------------------------------------------------- patch metadata
+
+
+def list_merge_key(schema: dict[str, Any] | None) -> str | None:
+    """The merge key of a list field's schema: a field name, "" for a merged set of scalars, None when atomic."""
+    schema = resolve(schema)
+    if not schema:
+        return None
+    strategy = schema.get("x-kubernetes-patch-strategy") or ""
+    if "merge" in strategy.split(","):
+        return schema.get("x-kubernetes-patch-merge-key") or ""
+    return None
+
+
+def child(schema: dict[str, Any] | None, key: str) -> dict[str, Any] | None:
+    schema = resolve(schema)
+    if not schema:
+        return None
+    props = schema.get("properties") or {}
+    if key in props:
+        return props[key]
+    extra = schema.get("additionalProperties")
+    return extra if isinstance(extra, dict) else None
+
+
+def items(schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    schema = resolve(schema)
+    if not schema:
+        return None
+    value = schema.get("items")
+    return value if isinstance(value, dict) else None
+
+
+# ---------------------------------------------------------------------------------------------------- OpenAPI v3
+
+
+_SCHEMA_MAPS = ("properties", "patternProperties", "definitions", "$defs")
+_SCHEMA_LISTS = ("allOf", "anyOf", "oneOf")
+_SCHEMA_VALUES = ("items", "additionalProperties", "not")
+
+
+def _to_openapi(schema: Any) -> Any:
+    """One schema as kubernetes-validate writes it (JSON Schema) → the OpenAPI v3 dialect kube-apiserver serves.
+
+    Only schema positions are rewritten: a property that happens to be called `$ref` or `oneOf` (JSONSchemaProps
+    has both) is a name in a `properties` map, not a keyword."""
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: _to_openapi(sub) for name, sub in value.items()}
+        elif key in _SCHEMA_VALUES and isinstance(value, dict):
+            out[key] = _to_openapi(value)
+        elif key in _SCHEMA_LISTS and isinstance(value, list):
+            out[key] = [_to_openapi(sub) for sub in value]
+        elif key == "$ref" and isinstance(value, str) and value.startswith(_REF):
+            out[key] = "#/components/schemas/" + value[len(_REF):]
+        elif key == "type" and isinstance(value, list):
+            types = [t for t in value if t != "null"]
+            out["type"] = types[0] if len(types) == 1 else "object"
+            if "null" in value:
+                out["nullable"] = True
+        elif key == "enum" and isinstance(value, list) and None in value:
+            out[key] = [v for v in value if v is not None]
+        else:
+            out[key] = value
+    one_of = out.get("oneOf")
+    if isinstance(one_of, list) and one_of and all(isinstance(s, dict) and "type" in s for s in one_of):
+        # IntOrString and Quantity: upstream marks these with an extension or a format, not a oneOf.
+        out.pop("oneOf")
+        if any(s["type"] == "integer" for s in one_of):
+            out["x-kubernetes-int-or-string"] = True
+        else:
+            out["type"] = "string"
+    if "$ref" in out and len(out) > 1:
+        # OpenAPI 3.0 ignores siblings of $ref; kube-apiserver wraps the ref in allOf to keep its description.
+        out["allOf"] = [{"$ref": out.pop("$ref")}]
+    return out
+
+
+def _refs(schema: Any) -> Iterator[str]:
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith(_REF):
+            yield ref[len(_REF):]
+        for value in schema.values():
+            yield from _refs(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            yield from _refs(value)
+
+
+def component_schemas(names: list[str]) -> dict[str, Any]:
+    """The named definitions and everything they reference, converted for OpenAPI v3."""
+    defs = definitions()
+    seen: set[str] = set()
+    stack = [n for n in names if n in defs]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        stack.extend(r for r in _refs(defs[name]) if r not in seen and r in defs)
+    return {name: _to_openapi(defs[name]) for name in sorted(seen)}
