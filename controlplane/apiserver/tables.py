@@ -38,21 +38,11 @@ def columns(rt: ResourceType) -> list[Column]:
     table = rt.strategy.table
     if table is None:
         return [NAME_COLUMN, AGE_COLUMN]
-    if table.age_last:
-        main = [c for c in table.columns if c.priority == 0]
-        wide = [c for c in table.columns if c.priority != 0]
-        return [NAME_COLUMN, *main, AGE_COLUMN, *wide]
-    # Kinds whose Age is not after their own columns (nodes, events) place it by position in their cell function.
-    return [NAME_COLUMN, *_with_age_inline(rt)]
-
-
-def _with_age_inline(rt: ResourceType) -> list[Column]:
-    table = rt.strategy.table
-    assert table is not None
-    if rt.kind == "Node":  # NAME STATUS ROLES AGE VERSION ...
-        return [table.columns[0], table.columns[1], AGE_COLUMN, *table.columns[2:]]
-    # Events: LAST SEEN TYPE REASON OBJECT MESSAGE (no age column at all, as kubectl shows them)
-    return list(table.columns)
+    if table.verbatim:
+        return list(table.columns)
+    main = [c for c in table.columns if c.priority == 0]
+    wide = [c for c in table.columns if c.priority != 0]
+    return [NAME_COLUMN, *main, AGE_COLUMN, *wide]
 
 
 def row_cells(rt: ResourceType, obj: dict[str, Any]) -> list[Any]:
@@ -63,14 +53,12 @@ def row_cells(rt: ResourceType, obj: dict[str, Any]) -> list[Any]:
     try:
         cells = table.cells(obj)
     except Exception:  # noqa: BLE001 - a malformed object must still print; show its name at least
-        cells = [""] * len(table.columns)
-    if table.age_last:
-        main = [c for c, col in zip(cells, table.columns, strict=False) if col.priority == 0]
-        wide = [c for c, col in zip(cells, table.columns, strict=False) if col.priority != 0]
-        return [name, *main, age(obj), *wide]
-    if rt.kind == "Node":
-        return [name, cells[0], cells[1], age(obj), *cells[2:]]
-    return [name, *cells]
+        return [name] + [""] * (len(columns(rt)) - 1)
+    if table.verbatim:
+        return cells
+    main = [c for c, col in zip(cells, table.columns, strict=False) if col.priority == 0]
+    wide = [c for c, col in zip(cells, table.columns, strict=False) if col.priority != 0]
+    return [name, *main, age(obj), *wide]
 
 
 def to_table(rt: ResourceType, objects: list[dict[str, Any]], list_meta: dict[str, Any] | None,

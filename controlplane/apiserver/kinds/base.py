@@ -102,11 +102,14 @@ def human_duration(seconds: int) -> str:
 
 @dataclass
 class Table:
-    """Extra columns between NAME and AGE, and the function that fills a row's cells for them."""
+    """A kind's columns and the function that fills a row's cells.
+
+    By default the columns sit between NAME and AGE (wide ones after AGE), as most kinds print. With
+    ``verbatim`` the kind lays out every column itself, NAME and AGE included where it wants them (nodes, events)."""
 
     columns: list[Column]
     cells: Callable[[dict[str, Any]], list[Any]]
-    age_last: bool = True
+    verbatim: bool = False
 
 
 @dataclass

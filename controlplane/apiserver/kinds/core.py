@@ -12,9 +12,12 @@ from typing import Any
 
 from controlplane.apiserver.errors import Cause
 from controlplane.apiserver.kinds.base import (
+    AGE_COLUMN,
+    NAME_COLUMN,
     Column,
     Strategy,
     Table,
+    age,
     get_path,
     immutable,
     path_getter,
@@ -422,22 +425,24 @@ def _node_address(node: dict[str, Any], kind: str) -> str:
 
 
 NODE_TABLE = Table(
-    [Column("Status", description="The status of the node"),
+    [NAME_COLUMN,
+     Column("Status", description="The status of the node"),
      Column("Roles", description="The roles of the node"),
+     AGE_COLUMN,
      Column("Version", description="Kubelet Version reported by the node."),
      Column("Internal-IP", priority=1, description="List of addresses reachable to the node."),
      Column("External-IP", priority=1, description="List of addresses reachable to the node."),
      Column("OS-Image", priority=1, description="OS Image reported by the node from /etc/os-release."),
      Column("Kernel-Version", priority=1, description="Kernel Version reported by the node."),
      Column("Container-Runtime", priority=1, description="Container Runtime Version reported by the node.")],
-    lambda n: [_node_status(n), _node_roles(n), get_path(n, "status.nodeInfo.kubeletVersion") or "",
+    lambda n: [get_path(n, "metadata.name"), _node_status(n), _node_roles(n), age(n),
+               get_path(n, "status.nodeInfo.kubeletVersion") or "",
                _node_address(n, "InternalIP"), _node_address(n, "ExternalIP"),
                get_path(n, "status.nodeInfo.osImage") or "<unknown>",
                get_path(n, "status.nodeInfo.kernelVersion") or "<unknown>",
                get_path(n, "status.nodeInfo.containerRuntimeVersion") or "<unknown>"],
+    verbatim=True,
 )
-# kubectl shows AGE between ROLES and VERSION for nodes.
-NODE_TABLE.age_last = False
 
 
 class NodeStrategy(Strategy):
@@ -543,14 +548,27 @@ def _last_seen(ev: dict[str, Any]) -> str:
     return human_duration(int((dt.datetime.now(dt.timezone.utc) - when).total_seconds()))
 
 
+def _event_source(ev: dict[str, Any]) -> str:
+    src = ev.get("source") or {}
+    parts = [p for p in (src.get("component") or ev.get("reportingComponent"), src.get("host")) if p]
+    return ", ".join(parts)
+
+
 EVENT_TABLE = Table(
     [Column("Last Seen", description="Time when last event was observed"),
      Column("Type", description="Type of this event (Normal, Warning)"),
      Column("Reason", description="Reason is why the action was taken."),
      Column("Object", description="The object that this event is about."),
-     Column("Message", description="A human-readable description of the status of this operation.")],
-    lambda ev: [_last_seen(ev), ev.get("type", ""), ev.get("reason", ""), _event_object(ev), ev.get("message", "")],
-    age_last=False,
+     Column("Subobject", priority=1, description="The subobject that this event is about."),
+     Column("Source", priority=1, description="The component reporting this event."),
+     Column("Message", description="A human-readable description of the status of this operation."),
+     Column("First Seen", priority=1, description="Time when first event was observed."),
+     Column("Count", priority=1, description="The number of times this event has occurred."),
+     Column("Name", priority=1, format="name", description="The name of the event.")],
+    lambda ev: [_last_seen(ev), ev.get("type", ""), ev.get("reason", ""), _event_object(ev),
+                get_path(ev, "involvedObject.fieldPath") or "", _event_source(ev), ev.get("message", ""),
+                age(ev), ev.get("count", 1), get_path(ev, "metadata.name")],
+    verbatim=True,
 )
 
 
