@@ -251,8 +251,12 @@ def apply(current: dict[str, Any] | None, applied: dict[str, Any], manager: str,
             e.fields -= taken
     others = set().union(*(e.fields for e in entries if e is not mine)) if entries else set()
     if mine is not None:
-        for path in sorted(mine.fields - new_fields - others, key=len, reverse=True):
+        removed: list[Path] = []
+        for path in sorted(mine.fields - new_fields - others, key=len):
+            if any(path[:len(r)] == r for r in removed):
+                continue  # inside a list item or map already removed whole
             _remove_path(base, path)
+            removed.append(path)
     merged = merge_patch(base, applied) if custom else strategic_merge_patch(base, _without_nulls(applied), schema)
     if mine is None:
         mine = Entry(manager, "Apply", applied.get("apiVersion", ""), "", set(), subresource)

@@ -307,11 +307,13 @@ class ResourceStore:
         """Shape checks every write body needs: an object of this kind, in this namespace, with metadata."""
         if not isinstance(obj, dict):
             raise errors.bad_request("the body of the request must be a JSON object")
-        kind, api_version = obj.get("kind"), obj.get("apiVersion")
-        if not kind:
-            raise errors.bad_request("Object 'Kind' is missing in the request body")
-        if not api_version:
-            raise errors.bad_request("Object 'apiVersion' is missing in the request body")
+        # Upstream's decoder fills a missing kind or apiVersion from the endpoint (gvkWithDefaults), so a body that
+        # leaves them out is accepted; only one that names something else is refused.
+        if not obj.get("kind"):
+            obj["kind"] = self.rt.kind
+        if not obj.get("apiVersion"):
+            obj["apiVersion"] = self.rt.api_version
+        kind, api_version = obj["kind"], obj["apiVersion"]
         if kind != self.rt.kind or api_version != self.rt.api_version:
             raise errors.bad_request(
                 f"the API version in the data ({api_version}) does not match the expected API version "
@@ -455,6 +457,8 @@ class ResourceStore:
             merged["status"] = new.get("status")
             if merged["status"] is None:
                 merged.pop("status")
+            if "managedFields" in (new.get("metadata") or {}):
+                merged["metadata"]["managedFields"] = new["metadata"]["managedFields"]  # an apply to /status
             return merged
         meta, old_meta = new["metadata"], old["metadata"]
         for field in SYSTEM_METADATA:
