@@ -41,42 +41,64 @@ class ServiceAllocator:
                     self._ports[(p["nodePort"], p.get("protocol", "TCP"))] = owner
 
     async def allocate_service(self, svc: dict[str, Any], old: dict[str, Any] | None) -> None:
+        """Fill in and reserve the Service's ClusterIP and node ports; all or nothing: a request that fails
+        (a taken IP, a port out of range) leaves the pool exactly as it was."""
+        ips, ports = dict(self._ips), dict(self._ports)
+        try:
+            self._allocate(svc, old)
+        except Exception:
+            self._ips, self._ports = ips, ports
+            raise
+
+    def _allocate(self, svc: dict[str, Any], old: dict[str, Any] | None) -> None:
         spec = svc.setdefault("spec", {})
         owner = _owner(svc)
         name = svc["metadata"].get("name", "")
         stype = spec.get("type", "ClusterIP")
         if stype == "ExternalName":
+            self.release_service(svc)  # a Service turned ExternalName gives its IP and ports back
             return
         if old is None or not (old.get("spec") or {}).get("clusterIP"):
             self._allocate_ip(spec, owner, name)
-        needs_node_ports = stype == "NodePort" or (stype == "LoadBalancer" and spec.get(
+        auto_node_ports = stype == "NodePort" or (stype == "LoadBalancer" and spec.get(
             "allocateLoadBalancerNodePorts", True))
         old_ports = {(p.get("port"), p.get("protocol", "TCP")): p.get("nodePort")
                      for p in ((old or {}).get("spec") or {}).get("ports") or []}
+        seen: set[tuple[int, str]] = set()
+        automatic: list[dict[str, Any]] = []
+        # Requested ports first, so an automatic pick can never take a number asked for later in the list.
         for i, port in enumerate(spec.get("ports") or []):
             if not isinstance(port, dict):
                 continue
             protocol = port.get("protocol", "TCP")
-            if not needs_node_ports:
-                if port.get("nodePort") and stype != "LoadBalancer":
-                    port.pop("nodePort", None)
+            if stype == "ClusterIP":
+                port.pop("nodePort", None)
                 continue
-            wanted = port.get("nodePort") or old_ports.get((port.get("port"), protocol))
-            if wanted:
-                lo, hi = self.node_ports
-                if not lo <= wanted <= hi:
-                    raise invalid("Service", "", name, [Cause(
-                        "FieldValueInvalid", f"Invalid value: {wanted}: provided port is not in the valid range. "
-                        f"The range of valid ports is {lo}-{hi}", f"spec.ports[{i}].nodePort")])
-                holder = self._ports.get((wanted, protocol))
-                if holder is not None and holder != owner:
-                    raise invalid("Service", "", name, [Cause(
-                        "FieldValueInvalid", f"Invalid value: {wanted}: provided port is already allocated",
-                        f"spec.ports[{i}].nodePort")])
-                self._ports[(wanted, protocol)] = owner
-                port["nodePort"] = wanted
-            else:
-                port["nodePort"] = self._free_port(protocol, owner)
+            wanted = port.get("nodePort")
+            if not wanted and auto_node_ports:
+                wanted = old_ports.get((port.get("port"), protocol))
+            if not wanted:
+                if auto_node_ports:
+                    automatic.append(port)
+                continue  # a LoadBalancer without node port allocation: none unless asked for
+            field = f"spec.ports[{i}].nodePort"
+            lo, hi = self.node_ports
+            if not isinstance(wanted, int) or not lo <= wanted <= hi:
+                raise invalid("Service", "", name, [Cause(
+                    "FieldValueInvalid", f"Invalid value: {wanted}: provided port is not in the valid range. "
+                    f"The range of valid ports is {lo}-{hi}", field)])
+            if (wanted, protocol) in seen:
+                raise invalid("Service", "", name, [Cause("FieldValueDuplicate", f"Duplicate value: {wanted}",
+                                                          field)])
+            holder = self._ports.get((wanted, protocol))
+            if holder is not None and holder != owner:
+                raise invalid("Service", "", name, [Cause(
+                    "FieldValueInvalid", f"Invalid value: {wanted}: provided port is already allocated", field)])
+            self._ports[(wanted, protocol)] = owner
+            port["nodePort"] = wanted
+            seen.add((wanted, protocol))
+        for port in automatic:
+            port["nodePort"] = self._free_port(port.get("protocol", "TCP"), owner)
         # Ports the update dropped go back to the pool.
         kept = {(p.get("nodePort"), p.get("protocol", "TCP")) for p in spec.get("ports") or [] if isinstance(p, dict)}
         for key, holder in list(self._ports.items()):

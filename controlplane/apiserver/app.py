@@ -68,6 +68,12 @@ class ServerState:
         for rt in list(self.registry.all()):
             self.add_resource(rt)
         self.crds = CrdController(self)
+        if self.node_proxy is None:
+            # pods/log and pods/exec go to the pod's kubelet; the kubelet package owns that client (as upstream's
+            # pkg/kubelet/client), imported here so the API server does not depend on it at import time.
+            from controlplane.kubelet.apiproxy import NodeProxy
+
+            self.node_proxy = NodeProxy(self)
 
     def add_resource(self, rt: ResourceType, replace: bool = False) -> ResourceStore:
         """Serve ``rt``. Built-ins are added at construction; the CRD controller adds custom ones at run time."""
@@ -221,6 +227,8 @@ def create_app(state: ServerState) -> Starlette:
     app.add_route("/openapi/v3", openapi_root, methods=["GET"])
     app.add_route("/openapi/v3/{path:path}", openapi_document, methods=["GET"])
     app.add_route("/api/v1/{path:path}", handlers.core, methods=methods)
+    # kubectl exec (1.30+) upgrades to a WebSocket (v5.channel.k8s.io); HTTP routes never see WebSocket scopes.
+    app.router.add_websocket_route("/api/v1/namespaces/{namespace}/pods/{name}/{subresource}", handlers.pod_stream)
     app.add_route("/apis/{group}/{version}/{path:path}", handlers.grouped, methods=methods)
     app.add_route("/{path:path}", not_found, methods=methods)
 

@@ -81,3 +81,62 @@ def group(registry: Registry, name: str) -> dict[str, Any] | None:
     if not versions or not name:
         return None
     return {"kind": "APIGroup", "apiVersion": "v1", **_group(name, versions)}
+
+
+# ------------------------------------------------------------------------------------------ aggregated discovery
+# kubectl ≥1.26 asks for everything in two requests (/api and /apis) with
+#   Accept: application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList
+# and falls back to the per-group-version documents above when the answer is plain JSON.
+
+AGGREGATED_VERSIONS = ("v2", "v2beta1")
+
+
+def aggregated_version(accept: str) -> str | None:
+    """The apidiscovery.k8s.io version the client asks for first, if it asks for aggregated discovery at all."""
+    for part in accept.split(","):
+        params = {p.split("=", 1)[0].strip(): p.split("=", 1)[1].strip() for p in part.split(";")[1:] if "=" in p}
+        if (params.get("g") == "apidiscovery.k8s.io" and params.get("as") == "APIGroupDiscoveryList"
+                and params.get("v") in AGGREGATED_VERSIONS):
+            return params["v"]
+    return None
+
+
+def _aggregated_resource(rt: ResourceType) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "resource": rt.plural,
+        "responseKind": {"group": rt.group, "version": rt.version, "kind": rt.kind},
+        "scope": "Namespaced" if rt.namespaced else "Cluster",
+        "singularResource": rt.singular,
+        "verbs": list(rt.verbs),
+    }
+    if rt.short_names:
+        entry["shortNames"] = list(rt.short_names)
+    if rt.categories:
+        entry["categories"] = list(rt.categories)
+    subs = []
+    for sub in rt.subresources:
+        group, version, kind = SUBRESOURCE_KIND.get(sub, (rt.group, rt.version, rt.kind))
+        subs.append({"subresource": sub, "responseKind": {"group": group, "version": version, "kind": kind},
+                     "verbs": SUBRESOURCE_VERBS.get(sub, ["get"])})
+    if subs:
+        entry["subresources"] = subs
+    return entry
+
+
+def aggregated(registry: Registry, legacy: bool, version: str) -> dict[str, Any]:
+    items = []
+    for group, versions in registry.group_versions().items():
+        if (group == "") != legacy:
+            continue
+        items.append({
+            "metadata": {"name": group, "creationTimestamp": None},
+            "versions": [{"version": v, "freshness": "Current",
+                          "resources": [_aggregated_resource(rt) for rt in registry.in_group_version(group, v)]}
+                         for v in versions],
+        })
+    return {"kind": "APIGroupDiscoveryList", "apiVersion": f"apidiscovery.k8s.io/{version}", "metadata": {},
+            "items": items}
+
+
+def aggregated_media_type(version: str) -> str:
+    return f"application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList"

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.websockets import WebSocket
 
-from controlplane.apiserver import errors, fieldmanager, jsonutil, patch, tables
+from controlplane.apiserver import errors, fieldmanager, jsonutil, patch, protobuf, tables
 from controlplane.apiserver.cacher import WatchClosed
 from controlplane.apiserver.errors import ApiError
 from controlplane.apiserver.kinds.base import get_path, set_path
@@ -88,6 +89,10 @@ def parse_target(state: ServerState, group: str, version: str, path: str) -> Tar
     return Target(rt, namespace, name, sub, watch_path)
 
 
+_JSON_BODIES = frozenset({JSON, patch.MERGE_PATCH, patch.JSON_PATCH, patch.STRATEGIC_MERGE_PATCH})
+_YAML_BODIES = frozenset({"application/yaml", patch.APPLY_PATCH, "text/yaml"})
+
+
 async def read_body(request: Request) -> Any:
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > MAX_BODY:
@@ -102,9 +107,19 @@ async def read_body(request: Request) -> Any:
     if not raw.strip():
         return None
     ctype = (request.headers.get("content-type") or JSON).split(";", 1)[0].strip().lower()
-    if "protobuf" in ctype:
+    if ctype == protobuf.MEDIA_TYPE:
+        # kubectl's typed generators send protobuf; decode to the same dicts the JSON path yields.
+        try:
+            return protobuf.decode_object(raw)
+        except protobuf.UnsupportedProtobuf as exc:
+            raise ApiError(415, "UnsupportedMediaType", str(exc)) from None
+        except protobuf.MalformedProtobuf as exc:
+            raise errors.bad_request(f"unable to decode protobuf body: {exc}") from None
+    if ctype not in _JSON_BODIES and ctype not in _YAML_BODIES:
+        # Upstream negotiates the body's decoder by media type: anything it has no decoder for is a 415, not a
+        # guess at JSON.
         raise errors.unsupported_media_type(ctype)
-    if ctype in ("application/yaml", "application/apply-patch+yaml", "text/yaml"):
+    if ctype in _YAML_BODIES:
         try:
             return yaml.safe_load(raw)
         except yaml.YAMLError as exc:
@@ -134,6 +149,24 @@ class ApiHandlers:
     async def core(self, request: Request) -> Response:
         return await self.dispatch(request, "", "v1", request.path_params.get("path", ""))
 
+    async def pod_stream(self, websocket: WebSocket) -> None:
+        """pods/exec (and attach, portforward) over a WebSocket: handed to the node proxy, which relays it to the
+        pod's kubelet. Errors refuse the upgrade with a Status, which kubectl prints."""
+        p = websocket.path_params
+        try:
+            t = parse_target(self.state, "", "v1", f"namespaces/{p['namespace']}/pods/{p['name']}/{p['subresource']}")
+            if t.subresource not in ("exec", "attach", "portforward"):
+                raise errors.not_found_path()
+            proxy = self.state.node_proxy
+            if proxy is None:
+                raise errors.unavailable(f"pods/{t.subresource} needs a kubelet; none is connected to this server")
+            await proxy(websocket, self.state.stores[(t.rt.group, t.rt.version, t.rt.plural)], t)
+        except ApiError as exc:
+            try:
+                await websocket.send_denial_response(error_response(exc))
+            except RuntimeError:
+                await websocket.close()
+
     async def grouped(self, request: Request) -> Response:
         p = request.path_params
         return await self.dispatch(request, p["group"], p["version"], p.get("path", ""))
@@ -150,11 +183,24 @@ class ApiHandlers:
             return error_response(errors.gone(str(exc)))
         except StorageError as exc:
             return error_response(errors.internal(str(exc)))
+        except Exception as exc:  # noqa: BLE001 - a bug must still answer with a Status, not a reset connection
+            # Starlette's last-resort handler re-raises after answering, which drops the keep-alive connection
+            # under the client; answering here keeps the failure an ordinary 500 Status.
+            log.exception("unhandled error serving %s %s", request.method, request.url.path)
+            return error_response(errors.internal(f"{type(exc).__name__}: {exc}"))
 
     async def _route(self, request: Request, t: Target) -> Response:
         method = request.method
         store = self.state.stores[(t.rt.group, t.rt.version, t.rt.plural)]
         query = request.query_params
+        if t.subresource is None:
+            # A kind may serve only some verbs (bindings: create); the others are 405, as upstream's installer
+            # registers no route for them.
+            verb = _verb(method, t.name is None, t.watch_path or _query_bool(query, "watch"))
+            if verb is not None and verb not in t.rt.verbs:
+                raise errors.method_not_allowed()
+        if t.rt.group == "" and t.rt.plural == "bindings" and t.name is None and method == "POST":
+            return await self.bind_collection(request, t)
         if t.name is None:
             if method == "GET":
                 if t.watch_path or _query_bool(query, "watch"):
@@ -370,6 +416,7 @@ class ApiHandlers:
             raise errors.bad_request("PATCH, fieldManager: Required value: is required for apply patch")
         if not isinstance(body, dict):
             raise errors.bad_request("the apply configuration must be an object")
+        store.check_types(body)
         applied_name = get_path(body, "metadata.name")
         if applied_name and applied_name != t.name:
             raise errors.bad_request(f"the name of the object ({applied_name}) does not match the name on the URL "
@@ -475,10 +522,22 @@ class ApiHandlers:
         obj = await store.patch(t.namespace, t.name, compute, ctx)
         return json_response(self._scale_of(t.rt, obj))
 
-    async def bind(self, request: Request, store: ResourceStore, t: Target) -> Response:
+    async def bind_collection(self, request: Request, t: Target) -> Response:
+        """POST /api/v1/namespaces/{ns}/bindings: the older form of pods/{name}/binding, with the pod named in the
+        body (the official clients' create_namespaced_binding posts here)."""
+        body = await read_body(request)
+        name = get_path(body, "metadata.name") if isinstance(body, dict) else None
+        if not name:
+            raise errors.invalid("Binding", "", "", [errors.Cause("FieldValueRequired", "Required value: name or "
+                                                                  "generateName is required", "metadata.name")])
+        pods = self.state.stores[("", "v1", "pods")]
+        return await self.bind(request, pods, Target(pods.rt, t.namespace, name, "binding", False), body)
+
+    async def bind(self, request: Request, store: ResourceStore, t: Target, body: Any = None) -> Response:
         assert t.name is not None
         ctx = self._ctx(request, t)
-        body = await read_body(request)
+        if body is None:
+            body = await read_body(request)
         node = get_path(body or {}, "target.name") if isinstance(body, dict) else None
         if not node:
             raise errors.invalid("Binding", "", t.name, [errors.Cause("FieldValueRequired", "Required value",
@@ -541,6 +600,15 @@ def _warn(ctx: WriteContext, response: Response) -> Response:
         escaped = text.replace("\\", "\\\\").replace('"', '\\"')
         response.headers.append("Warning", f'299 - "{escaped}"')
     return response
+
+
+def _verb(method: str, collection: bool, watch: bool) -> str | None:
+    """The API verb of a request on a resource (not a subresource), as authorization and discovery name it."""
+    if method == "GET":
+        return "watch" if watch else ("list" if collection else "get")
+    if collection:
+        return {"POST": "create", "DELETE": "deletecollection"}.get(method)
+    return {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method)
 
 
 def _requirement_text(r: Any) -> str:

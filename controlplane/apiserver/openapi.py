@@ -104,6 +104,15 @@ def group_version_document(registry: Registry, group: str, version: str) -> dict
                                  False),
             "parameters": _path_params(rt.namespaced, True),
         }
+        # Operations for verbs the kind does not serve (bindings: create only) are left out, as upstream does.
+        served = {"list": "list", "post": "create", "deletecollection": "deletecollection", "get": "get",
+                  "put": "update", "patch": "patch", "delete": "delete"}
+        for path in (collection, item):
+            for method in [m for m in paths[path] if m != "parameters"]:
+                if served[paths[path][method]["x-kubernetes-action"]] not in rt.verbs:
+                    del paths[path][method]
+            if len(paths[path]) == 1:
+                del paths[path]
         for sub in ("status", "scale"):
             if sub in rt.subresources:
                 paths[f"{item}/{sub}"] = {

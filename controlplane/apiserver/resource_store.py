@@ -61,6 +61,10 @@ class DeleteOptions:
     @classmethod
     def parse(cls, body: dict[str, Any] | None, query: dict[str, str]) -> DeleteOptions:
         body = body or {}
+        mistyped = schemas.type_errors(body, schemas.definition("io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions"))
+        if mistyped:
+            raise errors.bad_request("DeleteOptions in version \"v1\" cannot be handled as a DeleteOptions: "
+                                     + "; ".join(mistyped))
         pre = body.get("preconditions") or {}
         grace = body.get("gracePeriodSeconds", query.get("gracePeriodSeconds"))
         policy = body.get("propagationPolicy") or query.get("propagationPolicy")
@@ -102,6 +106,18 @@ def _strip_rv(obj: dict[str, Any]) -> dict[str, Any]:
 def _without_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
     meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
     return {**obj, "metadata": meta}
+
+
+# ObjectMeta fields tagged omitempty upstream, with their empty value: Go serialises an empty map or list as nothing,
+# so a label map emptied by a patch reads back absent, never as {}.
+_OMIT_EMPTY_METADATA: dict[str, Any] = {"labels": {}, "annotations": {}, "finalizers": [], "ownerReferences": [],
+                                        "managedFields": []}
+
+
+def _omit_empty_metadata(meta: dict[str, Any]) -> None:
+    for name, empty in _OMIT_EMPTY_METADATA.items():
+        if name in meta and (meta[name] is None or meta[name] == empty):
+            del meta[name]
 
 
 def _spec_part(obj: dict[str, Any]) -> dict[str, Any]:
@@ -220,6 +236,7 @@ class ResourceStore:
         meta = obj["metadata"]
         for field in SYSTEM_METADATA + ("resourceVersion", "generation"):
             meta.pop(field, None)
+        _omit_empty_metadata(meta)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = _now()
         if self.strategy.track_generation:
@@ -282,11 +299,25 @@ class ResourceStore:
             return custom_schema
         return schemas.schema_for(self.rt.group, self.rt.version, self.rt.kind)
 
+    def _undecodable(self, mistyped: list[str]) -> ApiError:
+        return errors.bad_request(f'{self.rt.kind} in version "{self.rt.version}" cannot be handled as a '
+                                  f"{self.rt.kind}: {'; '.join(mistyped)}")
+
+    def check_types(self, obj: Any) -> None:
+        """400 for a body whose values have the wrong JSON types, for paths (apply) that work on the body before
+        the write's own decoding step sees it."""
+        if self.schema is None or getattr(self.strategy, "schema", None) is not None:
+            return
+        mistyped = schemas.type_errors(obj, self.schema)
+        if mistyped:
+            raise self._undecodable(mistyped)
+
     def _check_fields(self, obj: dict[str, Any], ctx: WriteContext) -> None:
         """Drop fields the schema does not know, as upstream's decoder does; report them per fieldValidation."""
         schema = self.schema
         if schema is None:
             return
+        mistyped: list[str] = []
         if getattr(self.strategy, "schema", None) is not None:
             # A CRD schema rarely declares apiVersion/kind/metadata; those are always allowed at the root.
             body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
@@ -294,7 +325,11 @@ class ResourceStore:
             for key in [k for k in obj if k not in ("apiVersion", "kind", "metadata") and k not in body]:
                 del obj[key]
         else:
-            dropped = schemas.drop_unknown_fields(obj, schema)
+            dropped = schemas.drop_unknown_fields(obj, schema, mistyped=mistyped)
+        if mistyped:
+            # Upstream cannot even decode such a body into its typed object: a 400 whatever fieldValidation says,
+            # and never a strategy tripping over a number where it expects a string.
+            raise self._undecodable(mistyped)
         if not dropped:
             return
         names = [f'unknown field "{p[1:]}"' for p in dropped]
@@ -466,6 +501,7 @@ class ResourceStore:
                 meta[field] = old_meta[field]
             else:
                 meta.pop(field, None)
+        _omit_empty_metadata(meta)
         if self.rt.has_status and subresource is None:
             if "status" in old:
                 new["status"] = old["status"]
@@ -601,6 +637,19 @@ class ResourceStore:
         watcher = Watcher(prefix, labels, fields, self.getters, revision, transform, self.decode, max_pending)
         for obj in initial:
             watcher.push_raw(transform("ADDED", obj) if transform else jsonutil.dumps({"type": "ADDED", "object": obj}))
+        if revision < self.cacher.revision:
+            # The cache window may still hold events the store has compacted away; a client resuming from there
+            # must get 410 (as it would from the store) and relist, not a replay of history that no longer exists.
+            try:
+                await self.store.list(prefix, limit=1, revision=revision)
+            except ExpiredError as exc:
+                # As upstream's cacher: a watch that cannot start ends with one ERROR event, not an HTTP error.
+                watcher.close(exc)
+
+                async def nothing_to_stop() -> None:
+                    return None
+
+                return watcher, nothing_to_stop
         if self.cacher.can_serve(revision):
             self.cacher.register(watcher)
 

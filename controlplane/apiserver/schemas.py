@@ -8,8 +8,10 @@ Strict/Warn, and the merge keys of strategic merge patch. The file is loaded on 
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.resources
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,13 +67,81 @@ def _is_open(schema: dict[str, Any]) -> bool:
     return "properties" not in schema and "additionalProperties" not in schema
 
 
-def drop_unknown_fields(obj: Any, schema: dict[str, Any] | None, path: str = "") -> list[str]:
+_JSON_TYPES: dict[type, tuple[str, ...]] = {
+    str: ("string",), bool: ("boolean",), int: ("integer", "number"), float: ("number",), dict: ("object",),
+    list: ("array",),
+}
+_GO_NAMES = {"string": "string", "boolean": "bool", "integer": "int64", "number": "float64", "object": "object",
+             "array": "array"}
+
+
+# What upstream's custom unmarshallers accept: resource.Quantity (its ParseQuantity grammar) and metav1.Time
+# (time.RFC3339). Anything else fails decoding, so it is a 400 before validation ever runs.
+_QUANTITY = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
+_QUANTITY_MESSAGE = "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+_QUANTITY_DEF = "io.k8s.apimachinery.pkg.api.resource.Quantity"
+
+
+def _json_type(obj: Any) -> tuple[str, ...]:
+    return _JSON_TYPES.get(type(obj), ())
+
+
+def _allowed(schema: dict[str, Any]) -> list[str] | None:
+    declared = schema.get("type")
+    if declared is None:
+        return None
+    return [declared] if isinstance(declared, str) else [t for t in declared if isinstance(t, str)]
+
+
+def _decode_problem(obj: Any, schema: dict[str, Any], path: str) -> str | None:
+    """What Go's decoder would say about ``obj`` in a field of this schema, or None when it decodes.
+
+    null decodes into anything (it leaves the zero value); a whole float is accepted for an integer because YAML
+    and some JSON encoders write 3.0 for 3."""
+    if obj is None:
+        return None
+    allowed = _allowed(schema)
+    if allowed is None:
+        alternatives = schema.get("oneOf")
+        if not isinstance(alternatives, list) or not alternatives:
+            return None
+        # IntOrString and Quantity: one of a few scalar types.
+        allowed = [t for alt in alternatives if isinstance(alt, dict) for t in (_allowed(alt) or [])]
+        if not allowed:
+            return None
+    actual = _json_type(obj)
+    fits = any(t in allowed for t in actual) or (isinstance(obj, float) and obj.is_integer() and "integer" in allowed)
+    if not fits:
+        seen = {"string": "string", "boolean": "bool", "integer": "number", "number": "number", "object": "object",
+                "array": "array"}.get(actual[0] if actual else "", "value")
+        wanted = [t for t in allowed if t != "null"]
+        go = _GO_NAMES.get(wanted[0], wanted[0]) if len(wanted) == 1 else "intstr.IntOrString"
+        return f"json: cannot unmarshal {seen} into Go struct field {path} of type {go}"
+    if isinstance(obj, str):
+        if schema is definitions().get(_QUANTITY_DEF) and not _QUANTITY.match(obj):
+            return f"{path}: {_QUANTITY_MESSAGE}"
+        if schema.get("format") == "date-time" and obj and not _RFC3339.match(obj):
+            return f'{path}: parsing time "{obj}" as "2006-01-02T15:04:05Z07:00": cannot parse'
+    return None
+
+
+def drop_unknown_fields(obj: Any, schema: dict[str, Any] | None, path: str = "",
+                        mistyped: list[str] | None = None) -> list[str]:
     """Remove, in place, the fields of ``obj`` the schema does not declare, as decoding into upstream's typed
-    structs does; return their dotted paths for the `fieldValidation` warning or error."""
+    structs does; return their dotted paths for the `fieldValidation` warning or error.
+
+    With ``mistyped``, the same walk also collects values of the wrong JSON type (a number where a string belongs),
+    which upstream's decoder refuses outright whatever `fieldValidation` says; their subtrees are not descended."""
     schema = resolve(schema)
     dropped: list[str] = []
     if schema is None or schema.get("x-kubernetes-preserve-unknown-fields"):
         return dropped
+    if mistyped is not None:
+        problem = _decode_problem(obj, schema, path[1:] or "<root>")
+        if problem is not None:
+            mistyped.append(problem)
+            return dropped
     if isinstance(obj, dict):
         if _is_open(schema):
             return dropped
@@ -79,9 +149,9 @@ def drop_unknown_fields(obj: Any, schema: dict[str, Any] | None, path: str = "")
         extra = schema.get("additionalProperties")
         for key in list(obj):
             if key in props:
-                dropped += drop_unknown_fields(obj[key], props[key], f"{path}.{key}")
+                dropped += drop_unknown_fields(obj[key], props[key], f"{path}.{key}", mistyped)
             elif isinstance(extra, dict):
-                dropped += drop_unknown_fields(obj[key], extra, f"{path}.{key}")
+                dropped += drop_unknown_fields(obj[key], extra, f"{path}.{key}", mistyped)
             elif extra is not True:
                 del obj[key]
                 dropped.append(f"{path}.{key}")
@@ -89,8 +159,20 @@ def drop_unknown_fields(obj: Any, schema: dict[str, Any] | None, path: str = "")
         item_schema = schema.get("items")
         if isinstance(item_schema, dict):
             for i, value in enumerate(obj):
-                dropped += drop_unknown_fields(value, item_schema, f"{path}[{i}]")
+                dropped += drop_unknown_fields(value, item_schema, f"{path}[{i}]", mistyped)
     return dropped
+
+
+def type_errors(obj: Any, schema: dict[str, Any] | None) -> list[str]:
+    """The values of ``obj`` Go's decoder would refuse for their type, without changing ``obj``."""
+    mistyped: list[str] = []
+    drop_unknown_fields(copy.deepcopy(obj), schema, mistyped=mistyped)
+    return mistyped
+
+
+def definition(name: str) -> dict[str, Any] | None:
+    """A definition by its upstream name, e.g. io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions."""
+    return definitions().get(name)
 
 
 # ---------------------------------------------------------------------------------------------------- patch metadata

@@ -652,6 +652,9 @@ def _endpoints_summary(ep: dict[str, Any]) -> str:
 
 
 def resources() -> list[ResourceType]:
+    # return_deleted_object follows upstream's registries (ReturnDeletedObject): DELETE on pods, services,
+    # serviceaccounts, PVs, PVCs, resourcequotas and podtemplates answers with the object, not a Status; the
+    # generated clients deserialise the answer as that kind.
     return [
         ResourceType("", "v1", "Namespace", "namespaces", False, NamespaceStrategy(
             field_getters={"status.phase": path_getter("status.phase")}, table=NAMESPACE_TABLE),
@@ -660,9 +663,9 @@ def resources() -> list[ResourceType]:
                      short_names=("po",), categories=("all",),
                      subresources=("status", "binding", "log", "exec", "eviction", "ephemeralcontainers",
                                    "portforward", "proxy", "attach", "resize")),
-        ResourceType("", "v1", "Service", "services", True, ServiceStrategy(table=SERVICE_TABLE),
-                     short_names=("svc",), categories=("all",), subresources=("status", "proxy"),
-                     name_rule="dns1035"),
+        ResourceType("", "v1", "Service", "services", True,
+                     ServiceStrategy(table=SERVICE_TABLE, return_deleted_object=True), short_names=("svc",),
+                     categories=("all",), subresources=("status", "proxy"), name_rule="dns1035"),
         ResourceType("", "v1", "Endpoints", "endpoints", True, Strategy(table=Table(
             [Column("Endpoints", description="Endpoints of the service")], lambda ep: [_endpoints_summary(ep)])),
             short_names=("ep",), singular="endpoints"),
@@ -676,17 +679,21 @@ def resources() -> list[ResourceType]:
         ResourceType("", "v1", "Event", "events", True, Strategy(field_getters=EVENT_FIELDS, table=EVENT_TABLE),
                      short_names=("ev",)),
         ResourceType("", "v1", "ServiceAccount", "serviceaccounts", True, Strategy(table=Table(
-            [Column("Secrets", type="integer")], lambda sa: [len(sa.get("secrets") or [])], )),
+            [Column("Secrets", type="integer")], lambda sa: [len(sa.get("secrets") or [])], ),
+            return_deleted_object=True),
             short_names=("sa",), subresources=("token",)),
         ResourceType("", "v1", "PersistentVolume", "persistentvolumes", False,
-                     PersistentVolumeStrategy(table=PV_TABLE), short_names=("pv",), subresources=("status",)),
+                     PersistentVolumeStrategy(table=PV_TABLE, return_deleted_object=True), short_names=("pv",),
+                     subresources=("status",)),
         ResourceType("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", True,
-                     PersistentVolumeClaimStrategy(table=PVC_TABLE), short_names=("pvc",),
-                     subresources=("status",)),
-        ResourceType("", "v1", "ResourceQuota", "resourcequotas", True, Strategy(), short_names=("quota",),
-                     subresources=("status",)),
+                     PersistentVolumeClaimStrategy(table=PVC_TABLE, return_deleted_object=True),
+                     short_names=("pvc",), subresources=("status",)),
+        ResourceType("", "v1", "ResourceQuota", "resourcequotas", True, Strategy(return_deleted_object=True),
+                     short_names=("quota",), subresources=("status",)),
         ResourceType("", "v1", "LimitRange", "limitranges", True, Strategy(), short_names=("limits",)),
-        ResourceType("", "v1", "PodTemplate", "podtemplates", True, Strategy()),
+        ResourceType("", "v1", "PodTemplate", "podtemplates", True, Strategy(return_deleted_object=True)),
+        # Only POSTed, to bind the pod named in the body (pods/{name}/binding's older form); nothing is stored.
+        ResourceType("", "v1", "Binding", "bindings", True, Strategy(), verbs=("create",)),
         ResourceType("", "v1", "ReplicationController", "replicationcontrollers", True, Strategy(track_generation=True),
                      short_names=("rc",), categories=("all",), subresources=("status",), scale=ScaleSpec()),
     ]
