@@ -43,7 +43,8 @@ async def _serve(config: ClusterConfig, banner: bool) -> None:
     # in GC before, ~0.3 ms after; docs/BENCHMARKS.md). Done here, not in the library: embedders own their GC.
     gc.freeze()
     if banner:
-        click.echo(f"ccmkit is up in {cluster.started_in * 1000:.0f} ms: API server at {cluster.url} "
+        click.echo(f"ccmkit is up: API server ready in {cluster.ready_in * 1000:.0f} ms, all components in "
+                   f"{cluster.started_in * 1000:.0f} ms, at {cluster.url} "
                    f"(store: {config.store})", err=True)
         click.echo(f"  export KUBECONFIG={cluster.kubeconfig}", err=True)
         click.echo("  kubectl get namespaces", err=True)

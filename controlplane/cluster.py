@@ -62,7 +62,8 @@ class Cluster:
         self.store: Store | None = None
         self.apiserver: ApiServer | None = None
         self.components: list[Component] = []
-        self.started_in: float = 0.0
+        self.ready_in: float = 0.0  # until the API server answered and the kubeconfig was written
+        self.started_in: float = 0.0  # until every component had started
 
     @property
     def url(self) -> str:
@@ -78,26 +79,39 @@ class Cluster:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = await open_store(cfg.store, cfg.data_dir)
-        self.apiserver = ApiServer(self.store, host=cfg.host, port=cfg.port, options=cfg.options)
-        await self.apiserver.start()
-        for factory in cfg.components:
-            component = await factory(self.url, cfg.data_dir)
-            await component.start()
-            self.components.append(component)
-        write_kubeconfig(self.kubeconfig, self.url)
+        try:
+            self.apiserver = ApiServer(self.store, host=cfg.host, port=cfg.port, options=cfg.options)
+            await self.apiserver.start()
+            # The kubeconfig means "the API server answers", as upstream's readyz: clients may start right away
+            # while controllers, the scheduler and kubelets sync their informers (they are level-based).
+            write_kubeconfig(self.kubeconfig, self.url)
+            self.ready_in = time.perf_counter() - began
+            for factory in cfg.components:
+                component = await factory(self.url, cfg.data_dir)
+                await component.start()
+                self.components.append(component)
+        except BaseException:
+            # Whatever failed, close what was opened: a store may own a process (`--store etcd` runs etcd).
+            await self.stop()
+            raise
         self.started_in = time.perf_counter() - began
 
     async def stop(self) -> None:
+        """Stop the components, the API server and the store; safe to call again, or after a failed start."""
         for component in reversed(self.components):
             try:
                 await component.stop()
             except Exception:  # noqa: BLE001 - stop the rest even if one component fails to stop
                 log.exception("stopping %r failed", component)
         self.components.clear()
-        if self.apiserver is not None:
-            await self.apiserver.stop()
-        if self.store is not None:
-            await self.store.close()
+        apiserver, self.apiserver = self.apiserver, None
+        store, self.store = self.store, None
+        try:
+            if apiserver is not None:
+                await apiserver.stop()
+        finally:
+            if store is not None:
+                await store.close()
 
     async def run_until(self, stop: asyncio.Event) -> None:
         await self.start()

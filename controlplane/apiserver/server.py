@@ -52,7 +52,9 @@ class ApiServer:
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                 http="httptools", timeout_graceful_shutdown=2, timeout_keep_alive=60)
         self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the CLI owns signals
+        # The caller owns signals (the CLI stops the whole cluster in order); uvicorn would otherwise capture SIGTERM
+        # and SIGINT while it serves and shut the API server down under the other components.
+        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="apiserver")
         while not self._server.started:
             if self._task.done():

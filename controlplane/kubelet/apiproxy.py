@@ -107,7 +107,15 @@ class NodeProxy:
     def __init__(self, state: Any, registry: LocalKubelets = LOCAL_KUBELETS) -> None:
         self.state = state
         self.registry = registry
-        self._http = httpx.AsyncClient(trust_env=False, verify=False, timeout=httpx.Timeout(30.0, read=None))
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        # Made on first use: building the client loads httpcore and an SSL context, which the API server's start
+        # (and `ccmkit up`'s readiness) should not wait for.
+        if self._client is None:
+            self._client = httpx.AsyncClient(trust_env=False, verify=False, timeout=httpx.Timeout(30.0, read=None))
+        return self._client
 
     async def _kubelet_url(self, node: str) -> str:
         url = self.registry.lookup(self.state.server_address, node)
