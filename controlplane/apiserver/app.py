@@ -8,9 +8,10 @@ discovery, health, version and REST routes onto it. Only this package touches th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import platform
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from controlplane.apiserver import discovery, errors, jsonutil
+from controlplane.apiserver import discovery, errors, jsonutil, metrics_api
 from controlplane.apiserver.allocators import ServiceAllocator
 from controlplane.apiserver.crd import CrdController, crd_resource
 from controlplane.apiserver.handlers import ApiHandlers, error_response, json_response
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 KUBERNETES_MINOR = "32"
 GIT_VERSION = f"v1.{KUBERNETES_MINOR}.0-ccmkit"
+SYSTEM_PRIORITY_CLASSES = {"system-node-critical": 2000001000, "system-cluster-critical": 2000000000}
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
@@ -56,6 +58,7 @@ class ServerState:
     # Hooks filled in by later components.
     node_proxy: Callable[..., Awaitable[Response]] | None = None
     evictor: Callable[[str | None, str], Awaitable[None]] | None = None
+    metrics_source: metrics_api.MetricsSource | None = None  # serves metrics.k8s.io (kubectl top, HPA) when set
     custom_groups: set[str] = field(default_factory=set)
     server_address: str = "127.0.0.1:6443"
 
@@ -111,13 +114,28 @@ class ServerState:
 
     async def bootstrap(self) -> None:
         """Create what every cluster has from the start: the initial namespaces and the `kubernetes` Service."""
+        # Several API servers may share one store (etcd) and start together: whichever creates an object first
+        # wins, and the others' AlreadyExists means the object is there, which is all bootstrap wants.
         namespaces = self.store_for("", "v1", "namespaces")
         for name in INITIAL_NAMESPACES:
             try:
                 await namespaces.get(None, name)
             except errors.ApiError:
-                await namespaces.create(None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
-                                        WriteContext(None))
+                with _already_exists_is_fine():
+                    await namespaces.create(None, {"apiVersion": "v1", "kind": "Namespace",
+                                                   "metadata": {"name": name}}, WriteContext(None))
+        priority_classes = self.store_for("scheduling.k8s.io", "v1", "priorityclasses")
+        for name, value in SYSTEM_PRIORITY_CLASSES.items():
+            try:
+                await priority_classes.get(None, name)
+            except errors.ApiError:
+                with _already_exists_is_fine():
+                    await priority_classes.create(None, {
+                        "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name},
+                        "value": value, "description": "Used for system critical pods that must not be moved "
+                        "from their current node." if name == "system-node-critical" else
+                        "Used for system critical pods that must run in the cluster, but can be moved to another "
+                        "node if necessary."}, WriteContext(None))
         services = self.store_for("", "v1", "services")
         listing = await services.list(None, _EMPTY_LABELS, _EMPTY_FIELDS)
         assert self.allocator is not None
@@ -125,12 +143,13 @@ class ServerState:
         try:
             await services.get("default", "kubernetes")
         except errors.ApiError:
-            await services.create("default", {
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
-                "spec": {"clusterIP": self.allocator.kubernetes_service_ip,
-                         "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
-            }, WriteContext("default"))
+            with _already_exists_is_fine():
+                await services.create("default", {
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                    "spec": {"clusterIP": self.allocator.kubernetes_service_ip,
+                             "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
+                }, WriteContext("default"))
         await self.crds.start()
 
     async def close(self) -> None:
@@ -139,6 +158,15 @@ class ServerState:
             await store.cacher.stop()
         for task in list(self._tasks):
             await task
+
+
+@contextlib.contextmanager
+def _already_exists_is_fine() -> Iterator[None]:
+    try:
+        yield
+    except errors.ApiError as exc:
+        if exc.code != 409:
+            raise
 
 
 _EMPTY_LABELS = LabelSelector()
@@ -177,7 +205,10 @@ def create_app(state: ServerState) -> Starlette:
         version = discovery.aggregated_version(request.headers.get("accept", ""))
         if version is None:
             return None
-        return Response(jsonutil.dumps(discovery.aggregated(state.registry, legacy, version)),
+        body = discovery.aggregated(state.registry, legacy, version)
+        if not legacy:
+            metrics_api.extend_aggregated(body, state)
+        return Response(jsonutil.dumps(body),
                         media_type=discovery.aggregated_media_type(version), headers={"Vary": "Accept"})
 
     async def api(request: Request) -> Response:
@@ -187,7 +218,8 @@ def create_app(state: ServerState) -> Starlette:
         return json_response(discovery.resource_list(state.registry, "", "v1"))
 
     async def apis(request: Request) -> Response:
-        return aggregated(request, False) or json_response(discovery.group_list(state.registry))
+        return aggregated(request, False) or json_response(
+            metrics_api.extend_group_list(discovery.group_list(state.registry), state))
 
     async def api_group(request: Request) -> Response:
         group = discovery.group(state.registry, request.path_params["group"])
@@ -231,6 +263,7 @@ def create_app(state: ServerState) -> Starlette:
     app.router.add_websocket_route("/api/v1/namespaces/{namespace}/pods/{name}/{subresource}", handlers.pod_stream)
     app.add_route("/apis/{group}/{version}/{path:path}", handlers.grouped, methods=methods)
     app.add_route("/{path:path}", not_found, methods=methods)
+    metrics_api.install(app, state)  # ahead of the generic /apis/{group} routes
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, errors.ApiError)

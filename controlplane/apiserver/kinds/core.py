@@ -10,7 +10,9 @@ import base64
 import binascii
 from typing import Any
 
-from controlplane.apiserver.errors import Cause
+import orjson
+
+from controlplane.apiserver.errors import Cause, forbidden
 from controlplane.apiserver.kinds.base import (
     AGE_COLUMN,
     NAME_COLUMN,
@@ -173,7 +175,33 @@ def _pod_cells(pod: dict[str, Any]) -> list[Any]:
             get_path(pod, "spec.nodeName") or "<none>", nominated, "<none>" if not gates else str(len(gates))]
 
 
+async def _priority_classes(ctx: Any) -> list[dict[str, Any]]:
+    listing = await ctx.store.list("/registry/priorityclasses/")
+    return [orjson.loads(kv.value) for kv in listing.items]
+
+
 class PodStrategy(Strategy):
+    async def admit(self, ctx: Any, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        """The Priority admission plugin: spec.priority comes from the named PriorityClass (or the global
+        default), and a name that does not exist is refused, as upstream."""
+        if old is not None or ctx.store is None:
+            return
+        spec = obj.get("spec") or {}
+        name = spec.get("priorityClassName")
+        classes = await _priority_classes(ctx)
+        if name:
+            chosen = next((pc for pc in classes if (pc.get("metadata") or {}).get("name") == name), None)
+            if chosen is None:
+                raise forbidden(f'pods "{obj["metadata"].get("name", "")}" is forbidden: no PriorityClass with '
+                                f"name {name} was found", "pods")
+        else:
+            chosen = next((pc for pc in classes if pc.get("globalDefault")), None)
+            if chosen is not None:
+                spec["priorityClassName"] = chosen["metadata"]["name"]
+        if chosen is not None:
+            spec["priority"] = chosen.get("value", 0)
+            spec["preemptionPolicy"] = chosen.get("preemptionPolicy", "PreemptLowerPriority")
+
     def defaults(self, obj: dict[str, Any]) -> None:
         spec = obj.setdefault("spec", {})
         if isinstance(spec, dict):
