@@ -30,6 +30,12 @@ CONTROLLERS: dict[str, str] = {
     # workloads
     "deployment": "controlplane.controllers.deployment_controller:DeploymentController",
     "replicaset": "controlplane.controllers.replicaset_controller:ReplicaSetController",
+    "statefulset": "controlplane.controllers.statefulset_controller:StatefulSetController",
+    "daemonset": "controlplane.controllers.daemonset_controller:DaemonSetController",
+    "job": "controlplane.controllers.job_controller:JobController",
+    "ttl-after-finished": "controlplane.controllers.job_controller:TTLAfterFinishedController",
+    "cronjob": "controlplane.controllers.cronjob_controller:CronJobController",
+    "horizontalpodautoscaling": "controlplane.controllers.hpa_controller:HorizontalPodAutoscalerController",
 }
 
 # Controllers that "*" does not turn on (upstream: bootstrapsigner, tokencleaner); name them to enable them.
@@ -51,6 +57,7 @@ ALIASES: dict[str, str] = {
     "daemonset-controller": "daemonset",
     "job-controller": "job",
     "cronjob-controller": "cronjob",
+    "ttl-after-finished-controller": "ttl-after-finished",
     "horizontal-pod-autoscaler-controller": "horizontalpodautoscaling",
 }
 

@@ -74,7 +74,7 @@ def option(ctx: Any, name: str, default: Any) -> Any:
 
 def format_time(t: float) -> str:
     """RFC 3339 with second precision, as metav1.Time serialises."""
-    return dt.datetime.fromtimestamp(int(t), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(int(t), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(value: str | None) -> float | None:
@@ -87,7 +87,7 @@ def parse_time(value: str | None) -> float | None:
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=dt.UTC)
     return parsed.timestamp()
 
 
@@ -235,10 +235,6 @@ def controller_uid_index(obj: Obj) -> str | None:
     return ref.get("uid") if ref else None
 
 
-def is_controlled_by(obj: Mapping[str, Any], owner: Mapping[str, Any]) -> bool:
-    ref = get_controller_of(obj)
-    return ref is not None and ref.get("uid") == meta(owner).get("uid")
-
 
 def selector_matcher(selector: Mapping[str, Any] | None) -> Callable[[Mapping[str, str] | None], bool]:
     """A metav1.LabelSelector as a predicate on labels. None or an invalid selector matches nothing (as upstream's
@@ -323,9 +319,6 @@ def is_pod_available(pod: Mapping[str, Any], min_ready_seconds: int, now: float)
     since = pod_ready_time(pod)
     return since is not None and since + min_ready_seconds <= now
 
-
-def is_running_and_ready(pod: Mapping[str, Any]) -> bool:
-    return pod_phase(pod) == "Running" and is_pod_ready(pod)
 
 
 def max_container_restarts(pod: Mapping[str, Any]) -> int:
@@ -413,14 +406,14 @@ def rank_pods_for_deletion(pods: list[Obj], related: Iterable[Obj] = (), now: fl
         node = (pod.get("spec") or {}).get("nodeName")
         if node and is_pod_active(pod):
             on_node[node] = on_node.get(node, 0) + 1
-    ranked = [(pod, on_node.get((pod.get("spec") or {}).get("nodeName") or "", 0)) for pod in pods]
-    ranked.sort(key=functools.cmp_to_key(lambda x, y: compare_pods_for_deletion(x[0], y[0], x[1], y[1], now)))
+    ranked: list[tuple[Obj, int]] = [(pod, on_node.get((pod.get("spec") or {}).get("nodeName") or "", 0))
+                                     for pod in pods]
+
+    def cmp(x: tuple[Obj, int], y: tuple[Obj, int]) -> int:
+        return compare_pods_for_deletion(x[0], y[0], x[1], y[1], now)
+
+    ranked.sort(key=functools.cmp_to_key(cmp))
     return [pod for pod, _ in ranked]
-
-
-def sort_active_pods(pods: list[Obj]) -> list[Obj]:
-    """controller.ActivePods order (no ranks, no logarithmic buckets): the first are the first to go."""
-    return sorted(pods, key=functools.cmp_to_key(lambda a, b: compare_pods_for_deletion(a, b)))
 
 
 # ------------------------------------------------------------------------------------------------- intstr
@@ -665,26 +658,6 @@ def add_indexes(informer: Informer) -> Informer:
     informer.add_index(CONTROLLER_INDEX, controller_uid_index)
     return informer
 
-
-def set_condition(conditions: list[dict[str, Any]], ctype: str, status: str, reason: str, message: str,
-                  now: str, *, with_update_time: bool = False) -> bool:
-    """Set a condition in place; lastTransitionTime changes only when the status does. True if anything changed."""
-    for cond in conditions:
-        if cond.get("type") != ctype:
-            continue
-        if cond.get("status") == status and cond.get("reason") == reason and cond.get("message") == message:
-            return False
-        if cond.get("status") != status:
-            cond["lastTransitionTime"] = now
-        cond.update(status=status, reason=reason, message=message)
-        if with_update_time:
-            cond["lastUpdateTime"] = now
-        return True
-    new = {"type": ctype, "status": status, "reason": reason, "message": message, "lastTransitionTime": now}
-    if with_update_time:
-        new["lastUpdateTime"] = now
-    conditions.append(new)
-    return True
 
 
 # -------------------------------------------------------------------------------------- ControllerRevisions

@@ -15,7 +15,7 @@ import copy
 import functools
 import logging
 import math
-from typing import Any
+from collections.abc import Sequence
 
 from controlplane.client import ApiClient, Clock, Conflict, NotFound, SharedInformerFactory
 from controlplane.client import errors as api_errors
@@ -127,15 +127,15 @@ def by_creation(rss: list[Obj], newest_first: bool = False) -> list[Obj]:
     return sorted(rss, key=_created_key, reverse=newest_first)
 
 
-def active(rss: list[Obj | None]) -> list[Obj]:
+def active(rss: Sequence[Obj | None]) -> list[Obj]:
     return [rs for rs in rss if rs is not None and _replicas(rs) > 0]
 
 
-def replica_count(rss: list[Obj | None]) -> int:
+def replica_count(rss: Sequence[Obj | None]) -> int:
     return sum(_replicas(rs) for rs in rss if rs is not None)
 
 
-def actual_count(rss: list[Obj | None], field: str = "replicas") -> int:
+def actual_count(rss: Sequence[Obj | None], field: str = "replicas") -> int:
     return sum(_status(rs, field) for rs in rss if rs is not None)
 
 
@@ -696,7 +696,7 @@ class DeploymentController:
             return True
         new_uid = meta(new_rs).get("uid") if new_rs is not None else None
         for rs in rs_list:
-            uid = meta(rs).get("uid")
+            uid = meta(rs).get("uid") or ""
             if uid == new_uid:
                 continue
             for pod in self.pod_informer.by_index(CONTROLLER_INDEX, uid):
@@ -725,7 +725,7 @@ class DeploymentController:
             except NotFound:
                 pass
 
-    def _calculate_status(self, all_rss: list[Obj | None], new_rs: Obj | None, d: Obj) -> Obj:
+    def _calculate_status(self, all_rss: Sequence[Obj | None], new_rs: Obj | None, d: Obj) -> Obj:
         available = actual_count(all_rss, "availableReplicas")
         total = replica_count(all_rss)
         status: Obj = {
@@ -749,7 +749,7 @@ class DeploymentController:
                                                            "Deployment does not have minimum availability.", now))
         return status
 
-    async def _sync_deployment_status(self, all_rss: list[Obj | None], new_rs: Obj | None, d: Obj) -> None:
+    async def _sync_deployment_status(self, all_rss: Sequence[Obj | None], new_rs: Obj | None, d: Obj) -> None:
         status = self._calculate_status(all_rss, new_rs, d)
         if _same_status(d.get("status") or {}, status):
             return
@@ -759,7 +759,8 @@ class DeploymentController:
         new_rs, old = await self._all_replicasets(d, rs_list, create=False)
         await self._sync_deployment_status([*old, new_rs], new_rs, d)
 
-    async def _sync_rollout_status(self, all_rss: list[Obj | None], new_rs: Obj | None, d: Obj) -> None:
+    async def _sync_rollout_status(self, all_rss: Sequence[Obj | None], new_rs: Obj | None,
+                                   d: Obj) -> None:
         status = self._calculate_status(all_rss, new_rs, d)
         now = self._now()
         if not has_progress_deadline(d):
@@ -897,7 +898,7 @@ def _replicaset_fraction(rs: Obj, d: Obj) -> int:
         return 0
     size = _replicas(rs) * deployment_replicas / annotated
     # integer.RoundToInt32: half away from zero.
-    rounded = int(math.floor(size + 0.5)) if size >= 0 else -int(math.floor(-size + 0.5))
+    rounded = math.floor(size + 0.5) if size >= 0 else -math.floor(-size + 0.5)
     return rounded - _replicas(rs)
 
 

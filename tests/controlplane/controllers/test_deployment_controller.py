@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Any
+from typing import Any, Self
 
 import pytest
 from workload_harness import FakeKubelet, PodScript, RunningControllers, eventually
@@ -89,7 +89,7 @@ class RolloutObserver:
 
     armed = False  # availability is only meaningful once the first rollout has finished
 
-    async def __aenter__(self) -> RolloutObserver:
+    async def __aenter__(self) -> Self:
         self.factory.start_all()
         assert await self.factory.wait_for_sync(20)
         return self
@@ -298,7 +298,7 @@ async def test_revision_history_limit_deletes_old_replicasets(apiserver: Threade
         for version in ("v1", "v2", "v3", "v4"):
             if version != "v1":
                 await set_image(client, "web", f"web:{version}")
-            await eventually(lambda: rolled_out(client, "web", f"web:{version}"), message=version)
+            await eventually(lambda version=version: rolled_out(client, "web", f"web:{version}"), message=version)
 
         async def pruned() -> bool:
             return len(await replicasets(client, "web")) == 2

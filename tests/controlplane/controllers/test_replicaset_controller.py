@@ -130,7 +130,8 @@ async def test_scale_down_deletes_in_upstream_preference_order(apiserver: Thread
         for replicas, victim in [(5, "unscheduled"), (4, "pending"), (3, "not-ready"), (2, "ready-cheap"),
                                  (1, "ready-default")]:
             await client.patch(REPLICASETS, "rank", {"spec": {"replicas": replicas}}, "default")
-            await eventually(lambda: _deleting(client, victim), message=f"{victim} deleted at {replicas}")
+            await eventually(lambda victim=victim: _deleting(client, victim),
+                             message=f"{victim} deleted at {replicas}")
             active = {p["metadata"]["name"] for p in await owned_pods(client, rs)}
             assert len(active) == replicas, active
         assert {p["metadata"]["name"] for p in await owned_pods(client, rs)} == {"ready-precious"}

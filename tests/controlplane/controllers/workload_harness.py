@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from controlplane.client import (
     ApiClient,
@@ -66,7 +66,7 @@ class RunningControllers:
                                          factories={c.name: c for c in controllers})
         self.client = ApiClient(url)
 
-    async def __aenter__(self) -> RunningControllers:
+    async def __aenter__(self) -> Self:
         await self.manager.start()
         assert await self.manager.wait_running(20), "controllers did not start"
         return self
@@ -102,6 +102,7 @@ class FakeKubelet:
         self.initial_nodes = nodes
         self.script = script or (lambda pod: DEFAULT_SCRIPT)
         self.overrides: dict[str, PodScript] = {}  # by pod uid
+        self._scripts: dict[str, PodScript] = {}
         self.capacity = node_capacity or {"cpu": "4", "memory": "8Gi", "pods": "110"}
         self.terminate_delay = terminate_delay
         self.client = ApiClient(url)
@@ -115,7 +116,7 @@ class FakeKubelet:
         self._tasks: list[asyncio.Task[None]] = []
         self.paused = False  # while True, pods are bound but not started (a cluster with a stuck kubelet)
 
-    async def __aenter__(self) -> FakeKubelet:
+    async def __aenter__(self) -> Self:
         for name in self.initial_nodes:
             await self.add_node(name)
         self.pods.add_handler(on_add=self._pod_event, on_update=lambda old, new: self._pod_event(new))
@@ -165,7 +166,11 @@ class FakeKubelet:
         self.queue.add(meta_namespace_key(pod))
 
     def _script_for(self, pod: Obj) -> PodScript:
-        return self.overrides.get(pod["metadata"]["uid"]) or self.script(pod)
+        # Asked once per pod, so a script may count attempts or vary per pod.
+        uid = pod["metadata"]["uid"]
+        if uid not in self._scripts:
+            self._scripts[uid] = self.script(pod)
+        return self.overrides.get(uid) or self._scripts[uid]
 
     def _pod_event(self, pod: Obj) -> None:
         self.queue.add(meta_namespace_key(pod))
@@ -176,7 +181,7 @@ class FakeKubelet:
                 delay = await self._sync(key)
             except (Conflict, NotFound):
                 delay = 0.01  # the pod changed or went away meanwhile: look again
-            except Exception:  # noqa: BLE001 - keep the fake kubelet alive; the test will time out visibly
+            except Exception:
                 log.exception("fake kubelet: %s failed", key)
                 delay = 0.1
             finally:
