@@ -11,6 +11,7 @@ from controlplane.client import (
     NAMESPACES,
     PERSISTENTVOLUMECLAIMS,
     PODS,
+    PRIORITYCLASSES,
     RESOURCEQUOTAS,
     SECRETS,
     SERVICES,
@@ -100,6 +101,8 @@ async def test_scopes_select_pods(client, kube, start_manager, wait_for):
         "matchExpressions": [{"scopeName": "PriorityClass", "operator": "In", "values": ["high"]}]}}}, "q")
     await kube.pod("plain", "q")
     await kube.pod("sized", "q", resources=_resources("100m", "64Mi"))
+    # Priority admission refuses a pod naming a class that does not exist, as upstream's does.
+    await client.create(PRIORITYCLASSES, {"metadata": {"name": "high"}, "value": 1000})
     await kube.pod("important", "q", resources=_resources("100m", "64Mi"), priorityClassName="high")
 
     async def counts() -> tuple[str | None, str | None]:
