@@ -29,6 +29,7 @@ from controlplane.apiserver.validation import validate_metadata
 from controlplane.storage import (
     ConflictError,
     ExpiredError,
+    GuardedCreate,
     KeyExistsError,
     KeyNotFoundError,
     KeyValue,
@@ -141,6 +142,8 @@ class ResourceStore:
         # name that is taken, so create looks first. For every other kind the store's create answers AlreadyExists
         # by itself; not looking saves a store round trip per create (on etcd, a third of a ConfigMap create).
         self._admit_allocates = type(self.strategy).released is not Strategy.released
+        # Checked once: isinstance against a runtime Protocol costs more than a dict lookup per create.
+        self._guarded_store: GuardedCreate | None = store if isinstance(store, GuardedCreate) else None
 
     # ------------------------------------------------------------------------------------------- encoding
 
@@ -150,17 +153,17 @@ class ResourceStore:
         if self.serves_other_versions:
             # Versions of a custom resource share storage; conversion "None" only changes apiVersion.
             obj["apiVersion"] = self.rt.api_version
-        return obj
+        return self.strategy.from_storage(obj)
 
     def _decode_kv(self, kv: KeyValue) -> dict[str, Any]:
         return self.decode(kv.value, kv.revision)
 
-    @staticmethod
-    def encode(obj: dict[str, Any]) -> bytes:
-        meta = obj.get("metadata") or {}
+    def encode(self, obj: dict[str, Any]) -> bytes:
+        stored = self.strategy.to_storage(obj)
+        meta = stored.get("metadata") or {}
         rv = meta.pop("resourceVersion", None)
         try:
-            return jsonutil.dumps(obj)
+            return jsonutil.dumps(stored)
         finally:
             if rv is not None:
                 meta["resourceVersion"] = rv
@@ -262,8 +265,9 @@ class ResourceStore:
         self._validate(obj, None)
         if not ctx.applying:
             record_update(obj, None, ctx.field_manager)
+        namespace_kv: KeyValue | None = None
         if self.rt.namespaced:
-            await self.namespaces.check_writable(namespace or "", self.rt)
+            namespace_kv = await self.namespaces.check_writable(namespace or "", self.rt, fresh=ctx.dry_run)
         for attempt in range(8):
             key = self.rt.key(namespace, meta["name"])
             if generate and attempt:
@@ -290,7 +294,7 @@ class ResourceStore:
                     raise errors.already_exists(self.rt.plural, self.rt.group, meta["name"])
             await self.strategy.admit(ctx, obj, None)
             try:
-                kv = await self.store.create(key, self.encode(obj))
+                kv = await self._store_create(key, self.encode(obj), namespace or "", namespace_kv)
             except KeyExistsError:
                 if generate:
                     continue
@@ -298,6 +302,17 @@ class ResourceStore:
             meta["resourceVersion"] = str(kv.revision)
             return obj
         raise errors.ApiError(500, "ServerTimeout", "could not generate a unique name; please retry")
+
+    async def _store_create(self, key: str, value: bytes, namespace: str, namespace_kv: KeyValue | None) -> KeyValue:
+        """Create in the store; where it can, only while the namespace is still the one found writable."""
+        guarded = self._guarded_store
+        while namespace_kv is not None and guarded is not None:
+            try:
+                return await guarded.create_guarded(key, value, namespace_kv.key, namespace_kv.revision)
+            except ConflictError:
+                # The namespace changed since it was checked: check it again (404 if gone, 403 if terminating).
+                namespace_kv = await self.namespaces.check_writable(namespace, self.rt, fresh=True)
+        return await self.store.create(key, value)
 
     @functools.cached_property
     def schema(self) -> dict[str, Any] | None:
@@ -648,8 +663,10 @@ class ResourceStore:
         if revision < self.cacher.revision:
             # The cache window may still hold events the store has compacted away; a client resuming from there
             # must get 410 (as it would from the store) and relist, not a replay of history that no longer exists.
+            # Watching from R needs the changes after R, which exist as long as the snapshot at R + 1 is readable
+            # (R itself may be compacted: the store forgets "through R"); R + 1 is at most the cache's revision.
             try:
-                await self.store.list(prefix, limit=1, revision=revision)
+                await self.store.list(prefix, limit=1, revision=revision + 1)
             except ExpiredError as exc:
                 # As upstream's cacher: a watch that cannot start ends with one ERROR event, not an HTTP error.
                 watcher.close(exc)
@@ -673,12 +690,28 @@ class ResourceStore:
 
 
 class NamespaceChecker:
-    """Answers "may objects be created in this namespace?" — it must exist and not be terminating."""
+    """Answers "may objects be created in this namespace?" — it must exist and not be terminating.
+
+    On a store with guarded creates (etcd) a writable namespace is remembered with its revision and returned to
+    the create, which checks that revision in the same transaction: steady creates read no namespace, and one that
+    changed in between (terminating, deleted, relabelled) fails the guard and is checked again with ``fresh``.
+    The answer is therefore never stale, on any backend.
+    """
+
+    _MAX_REMEMBERED = 10_000
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._guarded = isinstance(store, GuardedCreate)
+        self._writable: dict[str, KeyValue] = {}
 
-    async def check_writable(self, namespace: str, rt: ResourceType) -> None:
+    async def check_writable(self, namespace: str, rt: ResourceType, *, fresh: bool = False) -> KeyValue | None:
+        """The namespace as checked, for a guarded create to hold it to (None if the store cannot guard)."""
+        if self._guarded and not fresh:
+            remembered = self._writable.get(namespace)
+            if remembered is not None:
+                return remembered
+        self._writable.pop(namespace, None)
         try:
             kv = await self.store.get(f"/registry/namespaces/{namespace}")
         except KeyNotFoundError:
@@ -687,12 +720,20 @@ class NamespaceChecker:
         if (ns.get("status") or {}).get("phase") == "Terminating" or (ns.get("metadata") or {}).get(
                 "deletionTimestamp"):
             if rt.kind == "Event" and rt.group == "":
-                return  # upstream lets events in so that the deletion itself can be reported
+                # Upstream lets events in so that the deletion itself can be reported (not remembered: most
+                # kinds may not be created here).
+                return kv if self._guarded else None
             err = errors.forbidden(f'{rt.plural} "" is forbidden: unable to create new content in namespace '
                                    f"{namespace} because it is being terminated", rt.plural, rt.group)
             err.causes = [Cause("NamespaceTerminating", f"namespace {namespace} is being terminated",
                                 "metadata.namespace")]
             raise err
+        if not self._guarded:
+            return None
+        if len(self._writable) >= self._MAX_REMEMBERED:
+            self._writable.clear()
+        self._writable[namespace] = kv
+        return kv
 
 
 def _generate_name(prefix: str) -> str:

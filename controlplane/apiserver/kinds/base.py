@@ -127,6 +127,14 @@ class Strategy:
     def defaults(self, obj: dict[str, Any]) -> None:
         """Fill in defaulted fields (SetDefaults_*), on create and on every update."""
 
+    def from_storage(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Convert a stored object to the version this strategy serves (identity unless versions share storage)."""
+        return obj
+
+    def to_storage(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Convert an object of the served version to the storage version (a new dict, or ``obj`` unchanged)."""
+        return obj
+
     def initial_status(self, obj: dict[str, Any]) -> dict[str, Any] | None:
         """The status a new object starts with, for kinds with a status subresource. None drops it."""
         return None

@@ -10,6 +10,7 @@ import copy
 import uuid
 from typing import Any
 
+from controlplane.apiserver import jsonutil
 from controlplane.apiserver.errors import Cause
 from controlplane.apiserver.kinds.base import Column, Strategy, Table, get_path, immutable, path_getter
 from controlplane.apiserver.kinds.core import default_pod_spec, validate_pod_spec
@@ -282,6 +283,94 @@ HPA_TABLE = Table(
 )
 
 
+HPA_V1_ANNOTATIONS = {
+    "metrics": "autoscaling.alpha.kubernetes.io/metrics",
+    "behavior": "autoscaling.alpha.kubernetes.io/behavior",
+    "conditions": "autoscaling.alpha.kubernetes.io/conditions",
+    "currentMetrics": "autoscaling.alpha.kubernetes.io/current-metrics",
+}
+
+
+class HorizontalPodAutoscalerV1Strategy(Strategy):
+    """autoscaling/v1, served from the same storage as v2 (the storage version), converted as upstream does:
+    a CPU Utilization metric is `targetCPUUtilizationPercentage`; every other v2 field travels in the
+    `autoscaling.alpha.kubernetes.io/*` annotations so a round trip through v1 loses nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(track_generation=True)
+
+    def validate(self, obj: dict[str, Any]) -> list[Cause]:
+        return HorizontalPodAutoscalerStrategy().validate(obj)
+
+    def defaults(self, obj: dict[str, Any]) -> None:
+        spec = obj.setdefault("spec", {})
+        if isinstance(spec, dict):
+            spec.setdefault("minReplicas", 1)
+
+    def from_storage(self, obj: dict[str, Any]) -> dict[str, Any]:
+        v1 = copy.deepcopy(obj)
+        v1["apiVersion"] = "autoscaling/v1"
+        spec, status = v1.get("spec") or {}, v1.get("status") or {}
+        annotations = dict((v1.get("metadata") or {}).get("annotations") or {})
+        other_metrics = []
+        for metric in spec.pop("metrics", None) or []:
+            target = (metric.get("resource") or {}).get("target") or {}
+            if (metric.get("type") == "Resource" and metric["resource"].get("name") == "cpu"
+                    and target.get("type") == "Utilization"):
+                spec["targetCPUUtilizationPercentage"] = target.get("averageUtilization")
+            else:
+                other_metrics.append(metric)
+        if other_metrics:
+            annotations[HPA_V1_ANNOTATIONS["metrics"]] = jsonutil.dumps(other_metrics).decode()
+        if spec.get("behavior"):
+            annotations[HPA_V1_ANNOTATIONS["behavior"]] = jsonutil.dumps(spec.pop("behavior")).decode()
+        for metric in status.pop("currentMetrics", None) or []:
+            current = (metric.get("resource") or {}).get("current") or {}
+            if metric.get("type") == "Resource" and metric["resource"].get("name") == "cpu" and \
+                    current.get("averageUtilization") is not None:
+                status["currentCPUUtilizationPercentage"] = current["averageUtilization"]
+        if status.get("conditions"):
+            annotations[HPA_V1_ANNOTATIONS["conditions"]] = jsonutil.dumps(status.pop("conditions")).decode()
+        if annotations:
+            v1.setdefault("metadata", {})["annotations"] = annotations
+        return v1
+
+    def to_storage(self, obj: dict[str, Any]) -> dict[str, Any]:
+        v2 = copy.deepcopy(obj)
+        v2["apiVersion"] = "autoscaling/v2"
+        spec = v2.setdefault("spec", {})
+        meta = v2.setdefault("metadata", {})
+        annotations = dict(meta.get("annotations") or {})
+        metrics = []
+        cpu = spec.pop("targetCPUUtilizationPercentage", None)
+        if cpu is not None:
+            metrics.append({"type": "Resource", "resource": {
+                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": cpu}}})
+        if HPA_V1_ANNOTATIONS["metrics"] in annotations:
+            metrics += jsonutil.loads(annotations.pop(HPA_V1_ANNOTATIONS["metrics"]))
+        if not metrics:  # v1 without a target means upstream's default: 80% CPU
+            metrics = [{"type": "Resource", "resource": {
+                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]
+        spec["metrics"] = metrics
+        if HPA_V1_ANNOTATIONS["behavior"] in annotations:
+            spec["behavior"] = jsonutil.loads(annotations.pop(HPA_V1_ANNOTATIONS["behavior"]))
+        status = v2.get("status")
+        if isinstance(status, dict):
+            cpu_now = status.pop("currentCPUUtilizationPercentage", None)
+            if cpu_now is not None:
+                status["currentMetrics"] = [{"type": "Resource", "resource": {
+                    "name": "cpu", "current": {"averageUtilization": cpu_now}}}]
+            if HPA_V1_ANNOTATIONS["conditions"] in annotations:
+                status["conditions"] = jsonutil.loads(annotations.pop(HPA_V1_ANNOTATIONS["conditions"]))
+        for key in HPA_V1_ANNOTATIONS.values():
+            annotations.pop(key, None)
+        if annotations:
+            meta["annotations"] = annotations
+        else:
+            meta.pop("annotations", None)
+        return v2
+
+
 def resources() -> list[ResourceType]:
     rolling = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}
     return [
@@ -309,5 +398,9 @@ def resources() -> list[ResourceType]:
                      categories=("all",), subresources=("status",)),
         ResourceType("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", True,
                      HorizontalPodAutoscalerStrategy(), short_names=("hpa",), categories=("all",),
+                     subresources=("status",)),
+        # Registered after v2, so discovery prefers v2; both read and write the same stored objects.
+        ResourceType("autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", True,
+                     HorizontalPodAutoscalerV1Strategy(), short_names=("hpa",), categories=("all",),
                      subresources=("status",)),
     ]

@@ -218,9 +218,6 @@ async def test_replicas_outside_the_range_are_clamped(apiserver: ThreadedApiServ
         await eventually(lambda: _is(replicas(client, "big"), 4), message="clamped to maxReplicas")
 
 
-@pytest.mark.xfail(strict=True, reason="kubectl autoscale POSTs an autoscaling/v1 HorizontalPodAutoscaler and the "
-                                       "API server serves autoscaling/v2 only (v1<->v2 conversion is API server work, "
-                                       "reported to the lead); strict, so this fails loudly once v1 is served")
 async def test_kubectl_autoscale_creates_an_hpa(apiserver: ThreadedApiServer, client: ApiClient,
                                                 kubectl: Any) -> None:
     await client.create(DEPLOYMENTS, deployment("auto"))
@@ -228,3 +225,6 @@ async def test_kubectl_autoscale_creates_an_hpa(apiserver: ThreadedApiServer, cl
     created = await client.get(HORIZONTALPODAUTOSCALERS, "auto", "default")
     assert created["spec"]["maxReplicas"] == 6 and created["spec"]["minReplicas"] == 2
     assert created["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 70
+    # The same object read through autoscaling/v1, which kubectl wrote it with.
+    v1 = (await client.raw("GET", "/apis/autoscaling/v1/namespaces/default/horizontalpodautoscalers/auto")).json()
+    assert v1["apiVersion"] == "autoscaling/v1" and v1["spec"]["targetCPUUtilizationPercentage"] == 70
