@@ -14,10 +14,37 @@ from controlplane.apiserver import ServerOptions
 from controlplane.testing import ThreadedApiServer
 
 
+# The stores a test marked `every_store` runs its `apiserver` on. The acceptance tests promise the same API on
+# every backend, so a representative subset of them (CRUD, watch and resume, 410, pagination, conflicts, kubectl)
+# runs on each; the rest run on memory only, which keeps the suite's time in check.
+EVERY_STORE = ("memory", "sqlite", "etcd")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "every_store: run the test's `apiserver` on each of " + ", ".join(EVERY_STORE))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("every_store") is None or "apiserver" not in metafunc.fixturenames:
+        return
+    params = []
+    for spec in EVERY_STORE:
+        marks = []
+        if spec == "etcd":
+            marks = [pytest.mark.etcd, pytest.mark.skipif(shutil.which("etcd") is None,
+                                                          reason="the etcd binary is not installed "
+                                                                 "(apt-get install etcd-server)")]
+        params.append(pytest.param(spec, marks=marks, id=spec))
+    metafunc.parametrize("apiserver", params, indirect=True)
+
+
 @pytest.fixture
-def apiserver() -> Iterator[ThreadedApiServer]:
-    """A fresh API server on a memory store, with short bookmark intervals so tests can see them."""
-    server = ThreadedApiServer("memory", options=ServerOptions(bookmark_interval=0.5))
+def apiserver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ThreadedApiServer]:
+    """A fresh API server with short bookmark intervals so tests can see them: on a memory store, or on each store
+    in EVERY_STORE for a test marked `every_store` (sqlite and a local etcd under the test's tmp_path)."""
+    spec = getattr(request, "param", "memory")
+    server = ThreadedApiServer(spec, data_dir=tmp_path / f"apiserver-{spec}",
+                               options=ServerOptions(bookmark_interval=0.5))
     with server:
         yield server
 

@@ -13,6 +13,7 @@ from controlplane.storage.interface import (
     ConflictError,
     EventType,
     ExpiredError,
+    GuardedCreate,
     KeyExistsError,
     KeyNotFoundError,
     KeyValue,
@@ -29,6 +30,7 @@ __all__ = [
     "ConflictError",
     "EventType",
     "ExpiredError",
+    "GuardedCreate",
     "KeyExistsError",
     "KeyNotFoundError",
     "KeyValue",
@@ -61,18 +63,34 @@ async def _open_sqlite(spec: str, data_dir: Path | None) -> Store:
     return await SqliteStore.open(data_dir / "state.db")
 
 
+async def _open_etcd(spec: str, data_dir: Path | None) -> Store:
+    """Bare "etcd": a member ccmkit runs under ``data_dir/etcd`` and stops when the store closes, keeping its data.
+    "etcd://h:p[,h:p][/prefix][?ca=&cert=&key=&timeout=&compaction_interval=]" (or "etcds://"): an existing
+    cluster, checked to answer before the store is returned."""
+    try:
+        from controlplane.storage import etcd, etcd_process
+    except ImportError as exc:
+        raise RuntimeError(f"the etcd store needs the {exc.name!r} package: pip install 'ccmkit[etcd]'") from None
+    if spec != "etcd":
+        return await etcd.open_etcd_store(spec, data_dir)
+    if data_dir is None:
+        raise ValueError("the etcd store needs a data directory (it runs etcd in <data_dir>/etcd)")
+    return await etcd_process.open_local_etcd_store(data_dir)
+
+
 # Spec scheme -> opener. Backends are imported lazily, so an optional backend's dependencies are only needed when
-# it is chosen. The etcd backend (controlplane/storage/etcd.py; specs "etcd" and "etcd://host:port[,host:port]")
-# registers here with one entry:  "etcd": _open_etcd,  where _open_etcd imports controlplane.storage.etcd.
+# it is chosen.
 _OPENERS: dict[str, Opener] = {
     "memory": _open_memory,
     "sqlite": _open_sqlite,
+    "etcd": _open_etcd,
+    "etcds": _open_etcd,
 }
 
 
 async def open_store(spec: str, data_dir: Path | None) -> Store:
-    """Open the store named by ``spec``: "memory", "sqlite" (``data_dir/state.db``), or another registered
-    scheme, given bare ("etcd") or with an address ("etcd://host:port")."""
+    """Open the store named by ``spec``: "memory", "sqlite" (``data_dir/state.db``), "etcd" (a local etcd under
+    ``data_dir/etcd``), "etcd://host:port[,host:port]" (an existing cluster), or another registered scheme."""
     scheme = spec.partition("://")[0]
     opener = _OPENERS.get(scheme)
     if opener is None:

@@ -4,14 +4,18 @@ failover tests.
 The etcd backend is only worth trusting if it is exercised against the real thing, including a member dying, so
 this module owns the process side: free ports, the command line (the recipe in DESIGN.md), waiting until a member
 serves, stopping by PID, and finding the raft leader. It talks to members over etcd's JSON gateway with httpx so it
-needs no gRPC stubs.
+needs no gRPC stubs. It also runs the etcd behind ``--store etcd``: one member under the data directory, started
+with the store, stopped when the store closes, and found and stopped if a crashed ccmkit left it running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import fcntl
 import os
+import select
 import shutil
 import signal
 import socket
@@ -39,6 +43,7 @@ __all__ = [
     "MemberStatus",
     "find_etcd_binary",
     "local_etcd_store",
+    "open_local_etcd_store",
 ]
 
 
@@ -48,7 +53,7 @@ class EtcdNotFoundError(RuntimeError):
     def __init__(self, binary: str = "etcd") -> None:
         super().__init__(
             f"the etcd binary ({binary!r}) was not found on PATH; install it with "
-            "`apt-get install etcd-server` (Debian/Ubuntu) or pass etcd_binary=<path>"
+            "`apt-get install etcd-server` (Debian/Ubuntu) or set CCMKIT_ETCD_BINARY to its path"
         )
 
 
@@ -215,7 +220,7 @@ class LocalEtcd:
         if self.running:
             raise RuntimeError(f"etcd member {self.name} is already running (pid {self.pid})")
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the life of the process
+        log = open(self.log_path, "ab")
         self._log_file = log
         self._proc = subprocess.Popen(
             self.command(),
@@ -437,23 +442,127 @@ class LocalEtcdCluster:
         await self.stop()
 
 
+class _DataDirLock:
+    """An exclusive flock on ``<data_dir>/etcd.lock`` for as long as a store runs the etcd under that directory.
+
+    Two ccmkit processes on one data directory would otherwise both try to run its etcd (the second hangs on the
+    lock etcd itself takes), or the second would stop the first one's etcd thinking it left over from a crash. The
+    kernel drops the lock when its holder dies, so a crash never leaves the directory locked.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise EtcdStartError(
+                f"{path.parent} is in use by another ccmkit process (pid {holder}) that runs its etcd; stop it "
+                "or choose another --data-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+def _etcd_pid_serving(pid_file: Path, data_dir: Path) -> int | None:
+    """The PID in ``pid_file`` if that process is still an etcd on ``data_dir`` (a PID alone may have been reused)."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        at = argv.index(b"--data-dir")
+    except ValueError:
+        return None
+    return pid if at + 1 < len(argv) and argv[at + 1] == os.fsencode(data_dir) else None
+
+
+def _wait_exit(pid: int, timeout: float) -> bool:
+    """Wait for a process that is not our child to exit (a pidfd becomes readable when it does)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout)
+        return bool(readable)
+    finally:
+        os.close(fd)
+
+
+def _stop_leftover(pid_file: Path, data_dir: Path) -> None:
+    """Stop the etcd a previous ccmkit started on ``data_dir`` and could not stop (it was SIGKILLed): that etcd
+    holds the data directory's lock, and a new one would wait on it forever."""
+    pid = _etcd_pid_serving(pid_file, data_dir)
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        if not _wait_exit(pid, 5.0):
+            os.kill(pid, signal.SIGKILL)
+            _wait_exit(pid, 5.0)
+
+
+async def open_local_etcd_store(
+    data_dir: str | os.PathLike[str], *, etcd_binary: str | None = None, **store_options: Any
+) -> EtcdStore:
+    """The store behind ``--store etcd``: a single etcd member under ``data_dir``/etcd, started now and stopped when
+    the returned store closes. Its data stays, so the next start on the same ``data_dir`` has every object back.
+
+    EtcdNotFoundError (naming the Debian package) when etcd is not installed, EtcdStartError when the directory is
+    in use by another process or etcd does not come up. ``store_options`` go to EtcdStore.
+    """
+    from controlplane.storage.etcd import (
+        EtcdStore,  # the gRPC stubs are only needed once a store is opened
+    )
+
+    base = Path(data_dir).resolve()
+    binary = find_etcd_binary(etcd_binary)  # before anything is created or locked
+    base.mkdir(parents=True, exist_ok=True)
+    lock = _DataDirLock(base / "etcd.lock")
+    pid_file = base / "etcd.pid"
+    etcd: LocalEtcd | None = None
+    try:
+        await asyncio.to_thread(_stop_leftover, pid_file, base / "etcd")
+        etcd = LocalEtcd(base / "etcd", etcd_binary=binary)
+        await etcd.start()
+        pid_file.write_text(f"{etcd.pid}\n")
+    except BaseException:
+        if etcd is not None:
+            await etcd.stop()
+        lock.release()
+        raise
+    member = etcd
+
+    async def stop_etcd() -> None:
+        try:
+            await member.stop()
+            pid_file.unlink(missing_ok=True)
+        finally:
+            lock.release()
+
+    return EtcdStore([member.endpoint], on_close=stop_etcd, **store_options)
+
+
 @asynccontextmanager
 async def local_etcd_store(data_dir: str | os.PathLike[str], **store_options: Any) -> AsyncIterator[EtcdStore]:
-    """A fresh single-member etcd under ``data_dir``/etcd and an EtcdStore on it; both are stopped on exit.
+    """A single-member etcd under ``data_dir``/etcd and an EtcdStore on it; both are stopped on exit.
 
     Shaped as a contract-suite store factory; ``store_options`` go to EtcdStore (periodic compaction is off unless
     asked for, so tests see only their own revisions).
     """
-    from controlplane.storage.etcd import EtcdStore  # the gRPC stubs are only needed once a store is opened
-
-    etcd = LocalEtcd(Path(data_dir) / "etcd")
-    await etcd.start()
+    store_options.setdefault("compaction_interval", 0)
+    store = await open_local_etcd_store(data_dir, **store_options)
     try:
-        store_options.setdefault("compaction_interval", 0)
-        store = EtcdStore([etcd.endpoint], **store_options)
-        try:
-            yield store
-        finally:
-            await store.close()
+        yield store
     finally:
-        await etcd.stop()
+        await store.close()

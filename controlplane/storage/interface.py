@@ -153,6 +153,26 @@ class Store(Protocol):
         ...
 
 
+@runtime_checkable
+class GuardedCreate(Protocol):
+    """An optional capability of a Store: a create that also checks, in the same atomic step, that another key is
+    still at the revision the caller read it at.
+
+    The API server creates an object only in a namespace that exists and is not terminating. With this it reads
+    the namespace once, remembers it, and lets every later create check the namespace's revision itself, so a
+    steady stream of creates costs one store round trip each instead of two, with no staleness: a namespace that
+    changed in between fails the guard and is read again. Backends whose reads are in memory need not offer it.
+    """
+
+    async def create_guarded(self, key: str, value: bytes, guard_key: str, guard_revision: int) -> KeyValue:
+        """``create(key, value)``, applied only while ``guard_key`` holds a value written at ``guard_revision``.
+
+        KeyExistsError if ``key`` holds a value; otherwise ConflictError with ``key`` = ``guard_key`` (``actual``
+        0 if it is gone) if the guard has changed.
+        """
+        ...
+
+
 async def guaranteed_update(store: Store, key: str, try_update: TryUpdate, *, max_attempts: int = 0) -> KeyValue:
     """The one way to change an existing value: read, let ``try_update`` compute the new value, compare-and-swap;
     on a conflict read again and retry. ``max_attempts`` 0 retries until it succeeds."""

@@ -228,6 +228,7 @@ def test_bad_patches_never_cause_a_server_error(http: httpx.Client, content_type
     assert http.get(f"{CM_PATH}/patched").json()["data"] == {"a": "b"}
 
 
+@pytest.mark.every_store
 def test_stale_resource_version_in_a_patch_conflicts(http: httpx.Client) -> None:
     created = http.post(CM_PATH, json=configmap("cas")).json()
     http.patch(f"{CM_PATH}/cas", json={"data": {"a": "c"}}, headers={"Content-Type": "application/merge-patch+json"})

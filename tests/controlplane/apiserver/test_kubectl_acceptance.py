@@ -147,6 +147,7 @@ def test_create_rejects_unknown_fields_when_validating(kubectl, tmp_path: Path) 
     assert "imagePolicy" not in stored["spec"]["containers"][0]
 
 
+@pytest.mark.every_store
 def test_apply_creates_updates_and_is_idempotent(kubectl, tmp_path: Path) -> None:
     path = write(tmp_path, "deploy.yaml", DEPLOYMENT)
     assert kubectl("apply", "-f", path).strip() == "deployment.apps/web created"
@@ -198,6 +199,7 @@ def test_apply_a_multi_document_file_across_kinds(kubectl, tmp_path: Path) -> No
 # ---------------------------------------------------------------------------------------------------- delete / wait
 
 
+@pytest.mark.every_store
 def test_delete_with_wait(kubectl, tmp_path: Path) -> None:
     kubectl("create", "-f", "-", input=json.dumps(
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "doomed"}, "data": {"a": "b"}}))
@@ -222,6 +224,7 @@ def test_delete_by_label_and_from_file(kubectl, tmp_path: Path) -> None:
     assert kubectl("delete", "-f", path, "--wait").strip() == 'deployment.apps "web" deleted'
 
 
+@pytest.mark.every_store
 def test_wait_for_delete_waits_for_the_last_finalizer(apiserver, kubectl, k8s) -> None:
     core = kubernetes.client.CoreV1Api(k8s)
     core.create_namespaced_config_map("default", {"metadata": {"name": "held", "finalizers": ["example.com/hold"]}})
@@ -268,6 +271,7 @@ def test_wait_for_jsonpath(kubectl, k8s) -> None:
 # ---------------------------------------------------------------------------------------------------- watch
 
 
+@pytest.mark.every_store
 def test_get_watch_streams_added_modified_deleted(kubectl) -> None:
     watch = LineReader(kubectl.popen("get", "configmaps", "-w", "--output-watch-events"))
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.storage import Store
+from controlplane.storage.etcd_process import local_etcd_store
 from controlplane.storage.memory import MemoryStore
 from controlplane.storage.sqlite import SqliteStore
 
@@ -51,7 +52,7 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[Store]:
 STORE_FACTORIES: dict[str, Backend] = {
     "memory": Backend(memory_store),
     "sqlite": Backend(sqlite_store),
-    # "etcd": Backend(etcd_store, marks=(pytest.mark.etcd, needs_binary("etcd"))),
+    "etcd": Backend(local_etcd_store, marks=(pytest.mark.etcd, needs_binary("etcd"))),
 }
 
 

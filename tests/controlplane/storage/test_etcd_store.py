@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.storage import ExpiredError, KeyNotFoundError, UnavailableError
+from controlplane.storage import (
+    ConflictError,
+    ExpiredError,
+    GuardedCreate,
+    KeyExistsError,
+    KeyNotFoundError,
+    UnavailableError,
+)
 from controlplane.storage.etcd import EtcdStore
 from controlplane.storage.etcd_process import EtcdNotFoundError, EtcdTLS, LocalEtcd
 
@@ -107,6 +114,55 @@ async def test_prefixes_isolate_stores_sharing_a_cluster(etcd: LocalEtcd) -> Non
     finally:
         await a.close()
         await b.close()
+
+
+@needs_etcd
+@pytest.mark.etcd
+async def test_concurrent_gets_are_batched_and_each_gets_its_own_answer(etcd: LocalEtcd) -> None:
+    store = EtcdStore([etcd.endpoint], compaction_interval=0)
+    try:
+        written = {f"/registry/configmaps/default/cm-{i:03d}": await store.create(
+            f"/registry/configmaps/default/cm-{i:03d}", b"v%d" % i) for i in range(0, 300, 2)}
+        keys = [f"/registry/configmaps/default/cm-{i:03d}" for i in range(300)]  # every other one is missing
+        answers = await asyncio.gather(*(store.get(k) for k in keys), return_exceptions=True)
+        assert store._read_task is not None, "no get was batched"
+        for key, answer in zip(keys, answers):
+            if key in written:
+                assert answer == written[key]
+            else:
+                assert isinstance(answer, KeyNotFoundError) and answer.key == key
+        # A get issued after a write returned, while reads issued before it are still in flight, sees the write.
+        before = [asyncio.ensure_future(store.get(k)) for k in list(written)[:50]]
+        updated = await store.update(keys[0], b"new", written[keys[0]].revision)
+        assert await store.get(keys[0]) == updated
+        assert [kv.key for kv in await asyncio.gather(*before)] == list(written)[:50]
+    finally:
+        await store.close()
+
+
+@needs_etcd
+@pytest.mark.etcd
+async def test_guarded_create_applies_only_while_the_guard_is_unchanged(etcd: LocalEtcd) -> None:
+    store = EtcdStore([etcd.endpoint], prefix="/p", compaction_interval=0)
+    try:
+        assert isinstance(store, GuardedCreate)
+        ns = await store.create("/registry/namespaces/team", b"active")
+        created = await store.create_guarded("/registry/configmaps/team/a", b"x", ns.key, ns.revision)
+        assert await store.get("/registry/configmaps/team/a") == created
+        with pytest.raises(KeyExistsError):
+            await store.create_guarded("/registry/configmaps/team/a", b"y", ns.key, ns.revision)
+
+        changed = await store.update(ns.key, b"terminating", ns.revision)
+        with pytest.raises(ConflictError) as stale:
+            await store.create_guarded("/registry/configmaps/team/b", b"x", ns.key, ns.revision)
+        assert (stale.value.key, stale.value.expected, stale.value.actual) == (ns.key, ns.revision, changed.revision)
+        await store.delete(ns.key)
+        with pytest.raises(ConflictError) as gone:
+            await store.create_guarded("/registry/configmaps/team/b", b"x", ns.key, changed.revision)
+        assert gone.value.actual == 0
+        assert await store.count("/registry/configmaps/") == 1  # neither refused create wrote anything
+    finally:
+        await store.close()
 
 
 @needs_etcd
