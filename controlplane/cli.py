@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
 from controlplane.apiserver import ServerOptions
-from controlplane.cluster import Cluster, ClusterConfig, default_data_dir
+from controlplane.cluster import Cluster, ClusterConfig, Component, ComponentFactory, default_data_dir
 
 
 def _run(main: "asyncio.Future[None] | object") -> None:
@@ -107,17 +110,31 @@ _controllers_option = click.option(
 def up(data_dir: Path | None, port: int, host: str, store: str, controllers: str, nodes: int, runtime: str,
        cloud_provider: str, scheduler_config: Path | None) -> None:
     """Run the whole cluster in this process and write DATA_DIR/kubeconfig once it is ready."""
-    from controlplane.controllers.manager import ManagerConfig, component_factory
-
     config = ClusterConfig(data_dir=data_dir or default_data_dir(), host=host, port=port, store=store)
-    config.components.append(_scheduler_component(scheduler_config))
+    # Flags are checked now, so a mistake is a one-line error before anything starts; the component modules
+    # (numpy, the plugins, the controllers: a quarter second) are imported only once the API server answers.
+    scheduler = _scheduler_config(scheduler_config, "--scheduler-config")
+    enabled = _checked_controllers(controllers)
+    config.components.append(_deferred(
+        "controlplane.scheduler.service", lambda m: m.component_factory(scheduler)))
     # One process, one manager: no leader election (nothing to elect against), as k3s runs its controllers.
-    config.components.append(component_factory(ManagerConfig(controllers=_checked_controllers(controllers))))
+    config.components.append(_deferred(
+        "controlplane.controllers.manager", lambda m: m.component_factory(m.ManagerConfig(controllers=enabled))))
     if nodes:
-        from controlplane.kubelet.runtimes import KubeletComponent
-
-        config.components.append(KubeletComponent(nodes=nodes, runtime=runtime, cloud_provider=cloud_provider))
+        config.components.append(_deferred("controlplane.kubelet.runtimes", lambda m: m.KubeletComponent(
+            nodes=nodes, runtime=runtime, cloud_provider=cloud_provider)))
     _run(_serve(config, banner=True))
+
+
+def _deferred(module: str, make: Callable[[Any], ComponentFactory]) -> ComponentFactory:
+    """A component factory whose module is imported in a worker thread when the cluster starts it, so the API
+    server, already answering, keeps serving (e.g. /readyz) while the import runs."""
+
+    async def factory(api_url: str, data_dir: Path) -> Component:
+        loaded = await asyncio.to_thread(importlib.import_module, module)
+        return await make(loaded)(api_url, data_dir)
+
+    return factory
 
 
 @main.command()
@@ -383,12 +400,6 @@ def _scheduler_config(path: Path | None, hint: str):  # type: ignore[no-untyped-
         return load_config(path)
     except (ConfigError, OSError) as exc:
         raise click.BadParameter(str(exc), param_hint=hint) from None
-
-
-def _scheduler_component(path: Path | None):  # type: ignore[no-untyped-def]
-    from controlplane.scheduler.service import component_factory as scheduler_factory
-
-    return scheduler_factory(_scheduler_config(path, "--scheduler-config"))
 
 
 @main.command()
