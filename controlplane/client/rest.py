@@ -8,7 +8,9 @@ namespace means all namespaces, as in client-go.
 
 from __future__ import annotations
 
+import base64
 import builtins
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +21,7 @@ from .config import ClientConfig, from_url
 from .errors import error_from_response
 from .protocol import ApiRequest, PatchType, Selector, object_name, object_namespace
 from .resources import Resource
+from .transport import ConnectionPool, StreamResponse
 
 USER_AGENT = "ccmkit/0.1"
 
@@ -30,8 +33,10 @@ DEFAULT_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=64,
 class ApiClient:
     """``async with ApiClient(config) as client: await client.get(PODS, "web-0", "default")``.
 
-    ``config`` may be a URL string. ``transport`` replaces the HTTP transport (tests use it to inject faults).
-    Network failures surface as ``httpx.TransportError``; answers of 400 and above as ``errors.ApiError`` subclasses.
+    ``config`` may be a URL string. Requests go over ``transport.ConnectionPool`` (keep-alive HTTP/1.1, cheap per
+    request); ``transport`` replaces that with an httpx transport (tests use it to inject faults), and a
+    kubeconfig ``proxy-url`` also routes through httpx. Network failures surface as ``httpx.TransportError``;
+    answers of 400 and above as ``errors.ApiError`` subclasses.
     """
 
     def __init__(
@@ -46,20 +51,46 @@ class ApiClient:
         headers = {"Accept": protocol.JSON, "User-Agent": USER_AGENT}
         if cfg.token:
             headers["Authorization"] = f"Bearer {cfg.token}"
+        elif cfg.username:
+            basic = base64.b64encode(f"{cfg.username}:{cfg.password or ''}".encode()).decode()
+            headers["Authorization"] = f"Basic {basic}"
+        self._headers = headers
+        self._limits = limits
+        self._transport = transport
         self._extensions = {"sni_hostname": cfg.tls_server_name} if cfg.tls_server_name else None
-        self._http = httpx.AsyncClient(
-            base_url=cfg.server,
-            headers=headers,
-            auth=(cfg.username, cfg.password or "") if cfg.username else None,
-            verify=cfg.ssl_context(),
-            proxy=cfg.proxy_url,
-            # Proxy variables from the environment would silently route loopback API servers through a proxy;
-            # kubeconfig's proxy-url is the explicit way.
-            trust_env=False,
-            limits=limits,
-            timeout=httpx.Timeout(cfg.timeout, connect=min(cfg.timeout, 10.0)),
-            transport=transport,
-        )
+        self._ssl = cfg.ssl_context()
+        self._httpx: httpx.AsyncClient | None = None
+        self._pool: ConnectionPool | None = None
+        if transport is None and not cfg.proxy_url:
+            self._pool = ConnectionPool(
+                cfg.server,
+                headers=headers,
+                ssl_context=self._ssl if isinstance(self._ssl, ssl.SSLContext) else None,
+                server_hostname=cfg.tls_server_name,
+                max_connections=limits.max_connections or DEFAULT_LIMITS.max_connections or 256,
+                max_idle=limits.max_keepalive_connections or 64,
+                connect_timeout=min(cfg.timeout, 10.0),
+                timeout=cfg.timeout,
+            )
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        """The httpx client, made on first use: for ``raw()``, proxies and injected transports."""
+        if self._httpx is None:
+            cfg = self.config
+            self._httpx = httpx.AsyncClient(
+                base_url=cfg.server,
+                headers=self._headers,
+                verify=self._ssl,
+                proxy=cfg.proxy_url,
+                # Proxy variables from the environment would silently route loopback API servers through a proxy;
+                # kubeconfig's proxy-url is the explicit way.
+                trust_env=False,
+                limits=self._limits,
+                timeout=httpx.Timeout(cfg.timeout, connect=min(cfg.timeout, 10.0)),
+                transport=self._transport,
+            )
+        return self._httpx
 
     async def __aenter__(self) -> ApiClient:
         return self
@@ -68,7 +99,10 @@ class ApiClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._http.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
+        if self._httpx is not None:
+            await self._httpx.aclose()
 
     # -- plumbing ---------------------------------------------------------------------------------------------
 
@@ -90,16 +124,27 @@ class ApiClient:
 
     async def send(self, req: ApiRequest) -> dict[str, Any]:
         """Perform one request and return its decoded JSON body (raising ApiError on failure)."""
+        pool = self._pool
+        if pool is not None:
+            status, body = await pool.request(
+                pool.encode(req.method, req.path, req.params, req.body, req.content_type)
+            )
+            return protocol.decode_response(status, body)
         resp = await self._http.send(self._build(req))
         return protocol.decode_response(resp.status_code, resp.content)
 
-    async def open_stream(self, req: ApiRequest, *, read_timeout: float | None = None) -> httpx.Response:
+    async def open_stream(self, req: ApiRequest, *, read_timeout: float | None = None) -> StreamResponse | httpx.Response:
         """Start a streaming request (a watch) and return the open response; the caller must ``aclose()`` it.
 
         ``read_timeout`` None waits for data indefinitely: a quiet watch is not a dead one.
         """
-        timeout = httpx.Timeout(self.config.timeout, connect=min(self.config.timeout, 10.0), read=read_timeout)
-        resp = await self._http.send(self._build(req, timeout), stream=True)
+        resp: StreamResponse | httpx.Response
+        if self._pool is not None:
+            data = self._pool.encode(req.method, req.path, req.params, req.body, req.content_type)
+            resp = await self._pool.stream(data, read_timeout=read_timeout)
+        else:
+            timeout = httpx.Timeout(self.config.timeout, connect=min(self.config.timeout, 10.0), read=read_timeout)
+            resp = await self._http.send(self._build(req, timeout), stream=True)
         if resp.status_code >= 400:
             try:
                 body = await resp.aread()

@@ -23,6 +23,7 @@ from .errors import error_from_status
 from .protocol import Selector
 from .resources import Resource
 from .rest import ApiClient
+from .transport import StreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class Watch:
         self._client = client
         self._request = request
         self._read_timeout = read_timeout
-        self._response: httpx.Response | None = None
+        self._response: StreamResponse | httpx.Response | None = None
         self._chunks: AsyncIterator[bytes] | None = None
         self._decoder = WatchDecoder()
         self._pending: deque[WatchEvent] = deque()
