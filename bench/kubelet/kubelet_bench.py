@@ -1,9 +1,9 @@
 """Benchmark: many simulated kubelets in one process (a KubeletPool) against a real API server.
 
-Three processes, as a cluster would run them: the API server (``ccmkit apiserver --store memory``), the kubelet
-pool of N simulated nodes, and this load generator, which creates the pods through the API server (bound round-robin
-by setting spec.nodeName at create: the scheduler is not wired into this benchmark) and watches them until every
-one is Ready. Reported: node registration time, pods/s reaching Ready, p50/p99 pod startup latency (create request
+Four processes, as a cluster would run them: the API server (``ccmkit apiserver --store memory``), the scheduler
+(``ccmkit scheduler``), the kubelet pool of N simulated nodes, and this load generator, which creates the pods
+through the API server and watches them until every one is Ready. ``--no-scheduler`` binds the pods round-robin at
+create (spec.nodeName) instead, to see the kubelets' share alone. Reported: node registration time, pods/s reaching Ready, p50/p99 pod startup latency (create request
 sent -> Ready seen on a watch), CPU per pod in each process (independent of other load on the machine), and peak
 RSS of each process.
 
@@ -73,10 +73,27 @@ def start_apiserver(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
-def pod(name: str, node: str) -> dict:
+def start_scheduler(url: str, data_dir: Path) -> subprocess.Popen[bytes]:
+    """The scheduler in its own process, returned once it has synced its informers and schedules (its log says
+    so): pods created before that would wait for its start, which is not what this benchmark measures."""
+    log_path = data_dir / "scheduler.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "scheduler", "--server", url,
+                                 "--log-level", "info"], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + 60
+    while b"scheduler started" not in log_path.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the scheduler did not start; see {log_path}")
+        time.sleep(0.05)  # polling a file another process writes
+    return proc
+
+
+def pod(name: str, node: str | None) -> dict:
+    spec: dict = {"nodeName": node} if node else {}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default",
                                                              "labels": {"app": "bench"}},
-            "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0,
+            "spec": {**spec, "terminationGracePeriodSeconds": 0,
                      "containers": [{"name": "app", "image": "registry.local/app:1",
                                      "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}
 
@@ -105,21 +122,26 @@ def start_pool(url: str, nodes: int, workers: int, data_dir: Path) -> tuple[subp
     return proc, float(line.split()[1])
 
 
-async def run(nodes: int, pods: int, concurrency: int, workers: int, rate: float = 0.0) -> dict:
+async def run(nodes: int, pods: int, concurrency: int, workers: int, rate: float = 0.0,
+              use_scheduler: bool = True) -> dict:
     data_dir = Path(tempfile.mkdtemp(prefix="kubelet-bench-"))
     apiserver, url = start_apiserver(data_dir)
-    result: dict = {"nodes": nodes, "pods": pods, "binding": "round-robin spec.nodeName at create (no scheduler)",
+    result: dict = {"nodes": nodes, "pods": pods,
+                    "binding": "the scheduler (own process)" if use_scheduler
+                    else "round-robin spec.nodeName at create (no scheduler)",
                     "create_rate": rate or "as fast as the API server takes them"}
     pool: subprocess.Popen[str] | None = None
+    scheduler: subprocess.Popen[bytes] | None = None
     try:
         pool, result["register_s"] = await asyncio.to_thread(start_pool, url, nodes, workers, data_dir)
         print(f"{nodes} nodes registered (Node + status + Lease each) in {result['register_s']} s", flush=True)
+        if use_scheduler:
+            scheduler = await asyncio.to_thread(start_scheduler, url, data_dir)
 
-        # As many connections as creates in flight (+ the watch): requests queued inside httpcore's pool cost
-        # quadratic bookkeeping.
         limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
         async with ApiClient(url, limits=limits) as client:
             sent: dict[str, float] = {}
+            bound: dict[str, float] = {}  # spec.nodeName first seen on the watch
             ready: dict[str, float] = {}
             all_ready = asyncio.Event()
             listing = await client.list(PODS, "default", limit=1)
@@ -138,6 +160,8 @@ async def run(nodes: int, pods: int, concurrency: int, workers: int, rate: float
                             name = obj["metadata"]["name"]
                             if name in ready:
                                 continue
+                            if name not in bound and (obj.get("spec") or {}).get("nodeName"):
+                                bound[name] = time.perf_counter()
                             if any(c.get("type") == "Ready" and c.get("status") == "True"
                                    for c in (obj.get("status") or {}).get("conditions") or []):
                                 ready[name] = time.perf_counter()
@@ -155,10 +179,11 @@ async def run(nodes: int, pods: int, concurrency: int, workers: int, rate: float
                     await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
                 async with semaphore:
                     sent[name] = time.perf_counter()
-                    await client.create(PODS, pod(name, f"node-{i % nodes}"))
+                    await client.create(PODS, pod(name, None if use_scheduler else f"node-{i % nodes}"))
 
             start = time.perf_counter()
             cpu_pool, cpu_api, cpu_load = cpu_seconds(pool.pid), cpu_seconds(apiserver.pid), cpu_seconds()
+            cpu_sched = cpu_seconds(scheduler.pid) if scheduler else 0.0
             progress = asyncio.create_task(report(ready, pods, start))
             await asyncio.gather(*(create(i) for i in range(pods)))
             created_s = time.perf_counter() - start
@@ -167,27 +192,49 @@ async def run(nodes: int, pods: int, concurrency: int, workers: int, rate: float
             cpu_pool = cpu_seconds(pool.pid) - cpu_pool
             cpu_api = cpu_seconds(apiserver.pid) - cpu_api
             cpu_load = cpu_seconds() - cpu_load
+            cpu_sched = cpu_seconds(scheduler.pid) - cpu_sched if scheduler else 0.0
             progress.cancel()
             watch_task.cancel()
             latencies = sorted(ready[n] - sent[n] for n in sent)
+            with open(data_dir / "timings.json", "w") as f:  # per pod, seconds from the start: for plots
+                json.dump({n: [sent[n] - start, bound.get(n, ready[n]) - start, ready[n] - start] for n in sent}, f)
+            to_bind = sorted(bound.get(n, ready[n]) - sent[n] for n in sent)
+            bind_to_ready = sorted(ready[n] - bound.get(n, ready[n]) for n in sent)
+
+            def pct(values: list[float], q: float) -> int:
+                return round(values[max(0, int(len(values) * q) - 1)] * 1000)
+
             result.update({
                 "create_s": round(created_s, 2),
                 "creates_per_s": round(pods / created_s),
                 "all_ready_s": round(total_s, 2),
                 "ready_pods_per_s": round(pods / total_s),
                 "startup_p50_ms": round(statistics.median(latencies) * 1000),
-                "startup_p99_ms": round(latencies[int(len(latencies) * 0.99) - 1] * 1000),
+                "startup_p90_ms": pct(latencies, 0.90),
+                "startup_p99_ms": pct(latencies, 0.99),
+                "create_to_bound_p50_p99_ms": [pct(to_bind, 0.5), pct(to_bind, 0.99)],
+                "bound_to_ready_p50_p99_ms": [pct(bind_to_ready, 0.5), pct(bind_to_ready, 0.99)],
                 "startup_max_ms": round(latencies[-1] * 1000),
                 # CPU per pod, from create to Ready: what bounds throughput on dedicated cores, whatever the load.
                 "kubelet_pool_cpu_ms_per_pod": round(cpu_pool * 1000 / pods, 2),
                 "apiserver_cpu_ms_per_pod": round(cpu_api * 1000 / pods, 2),
                 "load_generator_cpu_ms_per_pod": round(cpu_load * 1000 / pods, 2),
+                "scheduler_cpu_ms_per_pod": round(cpu_sched * 1000 / pods, 2),
                 "load_average_1m": round(os.getloadavg()[0], 1),
             })
         result["kubelet_pool_peak_rss_mb"] = round(peak_rss_mb(pool.pid))
         result["apiserver_peak_rss_mb"] = round(peak_rss_mb(apiserver.pid))
         result["load_generator_peak_rss_mb"] = round(peak_rss_mb())
+        if scheduler is not None:
+            result["scheduler_peak_rss_mb"] = round(peak_rss_mb(scheduler.pid))
+        result["peak_rss_total_mb"] = sum(v for k, v in result.items() if k.endswith("_peak_rss_mb"))
     finally:
+        if scheduler is not None:
+            scheduler.send_signal(signal.SIGTERM)
+            try:
+                scheduler.wait(30)
+            except subprocess.TimeoutExpired:
+                scheduler.kill()
         if pool is not None:
             pool.send_signal(signal.SIGTERM)
             try:
@@ -216,6 +263,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent pod creates")
     parser.add_argument("--workers", type=int, default=32, help="pod sync workers of the pool")
     parser.add_argument("--rate", type=float, default=0.0, help="pods created per second (0: as fast as possible)")
+    parser.add_argument("--no-scheduler", action="store_true",
+                        help="bind pods round-robin at create instead of running the scheduler")
     parser.add_argument("--serve-pool", metavar="URL", help=argparse.SUPPRESS)  # the pool's own process
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -228,9 +277,9 @@ def main() -> None:
     try:
         import uvloop
 
-        result = uvloop.run(run(nodes, pods, args.concurrency, args.workers, args.rate))
+        result = uvloop.run(run(nodes, pods, args.concurrency, args.workers, args.rate, not args.no_scheduler))
     except ImportError:
-        result = asyncio.run(run(nodes, pods, args.concurrency, args.workers, args.rate))
+        result = asyncio.run(run(nodes, pods, args.concurrency, args.workers, args.rate, not args.no_scheduler))
     print(json.dumps(result, indent=2))
     os._exit(0)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -41,6 +41,9 @@ from .cri.api import ImageService, RuntimeService
 from .kubelet import Kubelet
 
 log = logging.getLogger(__name__)
+
+# Heartbeats (Lease renewals, node status) are spread over their period in batches this far apart.
+SPREAD_TICK = 0.05
 
 
 @dataclass
@@ -145,9 +148,10 @@ class KubeletPool:
         loop = asyncio.get_running_loop()
         for i in range(max(1, opts.sync_workers)):
             self._tasks.append(loop.create_task(self._worker(), name=f"kubelet-sync-{i}"))
-        self._tasks.append(loop.create_task(self._every(opts.lease_renew_interval, self._renew_leases),
+        self._tasks.append(loop.create_task(self._spread_every(opts.lease_renew_interval, self._renew_lease),
                                             name="kubelet-leases"))
-        self._tasks.append(loop.create_task(self._every(opts.node_status_update_interval, self._node_statuses),
+        self._tasks.append(loop.create_task(self._spread_every(opts.node_status_update_interval,
+                                                               Kubelet.write_node_status),
                                             name="kubelet-node-status"))
         self._tasks.append(loop.create_task(self._every(opts.pleg_period, self._relist), name="kubelet-pleg"))
         if self.server is not None:
@@ -190,8 +194,9 @@ class KubeletPool:
 
     # -- the shared loops -----------------------------------------------------------------------------------------
 
-    async def _limited(self, action: Callable[[Kubelet], Awaitable[Any]]) -> None:
-        """``action(kubelet)`` for every node, at most ``api_concurrency`` at a time."""
+    async def _limited(self, action: Callable[[Kubelet], Awaitable[Any]],
+                       kubelets: Iterable[Kubelet] | None = None) -> None:
+        """``action(kubelet)`` for every node (or those given), at most ``api_concurrency`` at a time."""
         semaphore = asyncio.Semaphore(self.options.api_concurrency)
 
         async def one(k: Kubelet) -> None:
@@ -201,7 +206,7 @@ class KubeletPool:
                 except Exception as e:  # noqa: BLE001 - one node's failure must not stop the others' heartbeat
                     log.warning("kubelet %s: %r", k.name, e)
 
-        await asyncio.gather(*(one(k) for k in self.kubelets.values()))
+        await asyncio.gather(*(one(k) for k in (self.kubelets.values() if kubelets is None else kubelets)))
 
     async def _every(self, period: float, action: Any) -> None:
         while True:
@@ -211,8 +216,22 @@ class KubeletPool:
             except Exception:
                 log.exception("kubelet loop %s failed", getattr(action, "__name__", action))
 
-    async def _renew_leases(self) -> None:
-        await self._limited(self._renew_lease)
+    async def _spread_every(self, period: float, action: Callable[[Kubelet], Awaitable[Any]]) -> None:
+        """``action(kubelet)`` for every node once per ``period``, spread evenly over the period.
+
+        Real kubelets each keep their own clock, so their heartbeats arrive spread out. A thousand of them fired at
+        one instant would stall the API server and every watcher (the scheduler, the node controller) for a
+        moment each period, which shows up as a pod-startup latency tail no real cluster has.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            kubelets = list(self.kubelets.values())
+            batches = max(1, min(len(kubelets), int(period / SPREAD_TICK)))
+            size = -(-len(kubelets) // batches)
+            for start in range(0, len(kubelets), size):
+                began = loop.time()
+                await self._limited(action, kubelets[start:start + size])
+                await asyncio.sleep(max(0.0, period / batches - (loop.time() - began)))
 
     async def _renew_lease(self, k: Kubelet) -> None:
         opts = self.options
@@ -231,9 +250,6 @@ class KubeletPool:
         except (Conflict, NotFound):
             k.lease = None  # someone else wrote or removed it: re-read next round
             raise
-
-    async def _node_statuses(self) -> None:
-        await self._limited(Kubelet.write_node_status)
 
     async def _relist(self) -> None:
         for k in self.kubelets.values():
