@@ -636,9 +636,11 @@ class DeploymentController:
             count = min(max_scaled_down - cleaned, _replicas(rs) - _status(rs, "availableReplicas"))
             if count < 0:
                 # The status still counts pods the spec already dropped (they are being deleted): never "clean up"
-                # upwards. Upstream refuses the same way, and the next status update resolves it.
-                raise RuntimeError(f"when cleaning up unhealthy replicas, got invalid request to scale down "
-                                   f"{key_of(rs)} {_replicas(rs)} -> {_replicas(rs) - count}")
+                # upwards. Upstream's reconcileOldReplicaSets gives up the same way *without* an error (no
+                # rate-limited retry): the ReplicaSet's next status update brings the Deployment back here.
+                log.debug("when cleaning up unhealthy replicas, got invalid request to scale down %s %d -> %d",
+                          key_of(rs), _replicas(rs), _replicas(rs) - count)
+                return False, old
             _, updated = await self._scale_and_record(rs, _replicas(rs) - count, d)
             replaced[meta(rs)["name"]] = updated
             cleaned += count
