@@ -11,7 +11,7 @@ import gc
 import importlib
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -113,28 +113,59 @@ def up(data_dir: Path | None, port: int, host: str, store: str, controllers: str
     config = ClusterConfig(data_dir=data_dir or default_data_dir(), host=host, port=port, store=store)
     # Flags are checked now, so a mistake is a one-line error before anything starts; the component modules
     # (numpy, the plugins, the controllers: a quarter second) are imported only once the API server answers.
-    scheduler = _scheduler_config(scheduler_config, "--scheduler-config")
+    # Without --scheduler-config the scheduler takes upstream's defaults itself (building them imports the plugins
+    # and numpy, so that waits for the deferred import too); a given file is checked now.
+    scheduler = _scheduler_config(scheduler_config, "--scheduler-config") if scheduler_config else None
     enabled = _checked_controllers(controllers)
+    # The worker thread also imports what each component's start would otherwise import lazily on the event loop
+    # (which then stalls for tens of ms at a time): the client transport (httpcore, and trio beneath it, when the
+    # first request is sent), Starlette's anyio backend (the API server's first watch), each enabled controller's
+    # module, the kubelet's server and runtime.
     config.components.append(_deferred(
-        "controlplane.scheduler.service", lambda m: m.component_factory(scheduler)))
+        "controlplane.scheduler.service", lambda m: m.component_factory(scheduler),
+        also=("httpcore", "anyio._backends._asyncio")))
     # One process, one manager: no leader election (nothing to elect against), as k3s runs its controllers.
     config.components.append(_deferred(
-        "controlplane.controllers.manager", lambda m: m.component_factory(m.ManagerConfig(controllers=enabled))))
+        "controlplane.controllers.manager", lambda m: m.component_factory(m.ManagerConfig(controllers=enabled)),
+        also=_controller_modules(enabled)))
     if nodes:
         config.components.append(_deferred("controlplane.kubelet.runtimes", lambda m: m.KubeletComponent(
-            nodes=nodes, runtime=runtime, cloud_provider=cloud_provider)))
+            nodes=nodes, runtime=runtime, cloud_provider=cloud_provider), also=_kubelet_modules(runtime)))
     _run(_serve(config, banner=True))
 
 
-def _deferred(module: str, make: Callable[[Any], ComponentFactory]) -> ComponentFactory:
+def _deferred(module: str, make: Callable[[Any], ComponentFactory], also: Iterable[str] = ()) -> ComponentFactory:
     """A component factory whose module is imported in a worker thread when the cluster starts it, so the API
-    server, already answering, keeps serving (e.g. /readyz) while the import runs."""
+    server, already answering, keeps serving (e.g. /readyz) while the import runs. ``also`` are modules the
+    component imports lazily once started, imported in that thread too (best effort: a failure there is left for
+    the component to meet, and report, itself)."""
+
+    def load() -> Any:
+        loaded = importlib.import_module(module)
+        for name in also:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - only a warm-up
+                pass
+        return loaded
 
     async def factory(api_url: str, data_dir: Path) -> Component:
-        loaded = await asyncio.to_thread(importlib.import_module, module)
+        loaded = await asyncio.to_thread(load)
         return await make(loaded)(api_url, data_dir)
 
     return factory
+
+
+def _controller_modules(spec: str) -> list[str]:
+    from controlplane.controllers import CONTROLLERS, select
+
+    return list(dict.fromkeys(CONTROLLERS[name].partition(":")[0] for name in select(spec)))
+
+
+def _kubelet_modules(runtime: str) -> list[str]:
+    runtime_module = {"simulated": "simulated", "process": "process"}.get(runtime, "remote")
+    return ["controlplane.kubelet.server", "uvicorn.protocols.websockets.auto",
+            f"controlplane.kubelet.cri.{runtime_module}"]
 
 
 @main.command()
@@ -311,6 +342,9 @@ def _option_value(text: str) -> object:
 @click.option("--node-monitor-grace-period", type=DURATION, default="40s", show_default=True,
               help="How long a node's kubelet may stay silent before the node is marked Unknown.")
 @click.option("--node-startup-grace-period", type=DURATION, default="60s", show_default=True)
+@click.option("--terminated-pod-gc-threshold", type=click.IntRange(0), default=12500, show_default=True,
+              help="How many terminated pods may exist before the pod garbage collector deletes the oldest (0: no "
+                   "limit).")
 @click.option("--option", "extra", multiple=True, metavar="KEY=VALUE",
               help="Any other controller setting by its Python name (e.g. concurrent_gc_syncs=8); repeatable.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
@@ -323,7 +357,8 @@ def controller_manager(server: str | None, kubeconfig: Path | None, controllers:
                        leader_elect_retry_period: float, leader_elect_resource_name: str,
                        leader_elect_resource_namespace: str, cluster_cidr: str, node_cidr_mask_size: int,
                        allocate_node_cidrs: bool, node_monitor_period: float, node_monitor_grace_period: float,
-                       node_startup_grace_period: float, extra: tuple[str, ...], metrics_port: int | None,
+                       node_startup_grace_period: float, terminated_pod_gc_threshold: int, extra: tuple[str, ...],
+                       metrics_port: int | None,
                        bind_address: str, log_level: str) -> None:
     """Run the controller manager (namespace, garbage collector, endpoints, nodes, volumes, quotas, workloads)
     against an API server, until SIGINT or SIGTERM."""
@@ -350,6 +385,7 @@ def controller_manager(server: str | None, kubeconfig: Path | None, controllers:
         "allocate_node_cidrs": allocate_node_cidrs, "node_monitor_period": node_monitor_period,
         "node_monitor_grace_period": node_monitor_grace_period,
         "node_startup_grace_period": node_startup_grace_period,
+        "terminated_pod_gc_threshold": terminated_pod_gc_threshold,
     }
     for item in extra:
         key, sep, value = item.partition("=")

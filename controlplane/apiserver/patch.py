@@ -12,8 +12,6 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import jsonpatch
-
 from controlplane.apiserver import schemas
 from controlplane.apiserver.errors import bad_request, unsupported_media_type
 
@@ -65,6 +63,8 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 def json_patch(target: Any, patch: Any) -> Any:
+    import jsonpatch  # on first use: JSON patches are rare, and the API server's start need not wait for it
+
     if not isinstance(patch, list):
         raise bad_request("json: cannot unmarshal object into Go value of type jsonpatch.Patch")
     try:

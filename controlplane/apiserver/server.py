@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import socket
+from typing import Any
 
 import uvicorn
 
@@ -50,7 +52,11 @@ class ApiServer:
         await self.state.bootstrap()
         app = create_app(self.state)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                http="httptools", timeout_graceful_shutdown=2, timeout_keep_alive=60)
+                                http="httptools", ws=_websocket_protocol(), timeout_graceful_shutdown=2,
+                                timeout_keep_alive=60,
+                                # No X-Forwarded-* rewriting of the client address: nothing here reads it, and the
+                                # middleware is one more layer on every request.
+                                proxy_headers=False)
         self._server = uvicorn.Server(config)
         # The caller owns signals (the CLI stops the whole cluster in order); uvicorn would otherwise capture SIGTERM
         # and SIGINT while it serves and shut the API server down under the other components.
@@ -79,6 +85,22 @@ class ApiServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _websocket_protocol() -> Any:
+    """uvicorn's "auto" WebSocket protocol, imported at the first upgrade (pods/exec) rather than at start: the
+    websockets package costs ~10 ms of import that `ccmkit up` would otherwise wait for before it answers. uvicorn
+    calls ``ws`` with keyword arguments to make each connection's protocol, so a factory serves as the class."""
+    if importlib.util.find_spec("websockets") is None:
+        return "auto"  # wsproto or none: as uvicorn decides
+
+    def websockets_protocol(**kwargs: Any) -> asyncio.Protocol:
+        from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
+
+        assert AutoWebSocketsProtocol is not None
+        return AutoWebSocketsProtocol(**kwargs)
+
+    return websockets_protocol
 
 
 __all__ = ["ApiServer", "ServerOptions"]

@@ -12,8 +12,28 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from controlplane.controllers.base import DONE, Controller, ControllerContext, Enqueue, Result, RetryLater
+if TYPE_CHECKING:
+    from controlplane.controllers.base import DONE, Controller, ControllerContext, Enqueue, Result, RetryLater
+
+    ControllerFactory = Callable[[ControllerContext], Controller]
+
+# base.py's names (and ControllerFactory, which is built from them) are loaded on first use: base imports the client
+# (httpx), which `ccmkit up` should not wait for just to check its --controllers flag with ``select``.
+_FROM_BASE = frozenset({"DONE", "Controller", "ControllerContext", "Enqueue", "Result", "RetryLater"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_BASE or name == "ControllerFactory":
+        from controlplane.controllers import base
+
+        for attr in _FROM_BASE:
+            globals()[attr] = getattr(base, attr)
+        globals()["ControllerFactory"] = Callable[[base.ControllerContext], base.Controller]
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 CONTROLLERS: dict[str, str] = {
     # infrastructure
@@ -27,6 +47,7 @@ CONTROLLERS: dict[str, str] = {
     "nodeipam": "controlplane.controllers.node_ipam_controller:NodeIpamController",
     "persistentvolume-binder": "controlplane.controllers.pv_binder_controller:PersistentVolumeBinderController",
     "resourcequota": "controlplane.controllers.resourcequota_controller:ResourceQuotaController",
+    "podgc": "controlplane.controllers.pod_gc_controller:PodGCController",
     # workloads
     "deployment": "controlplane.controllers.deployment_controller:DeploymentController",
     "replicaset": "controlplane.controllers.replicaset_controller:ReplicaSetController",
@@ -51,6 +72,7 @@ ALIASES: dict[str, str] = {
     "node-ipam-controller": "nodeipam",
     "persistentvolume-binder-controller": "persistentvolume-binder",
     "resourcequota-controller": "resourcequota",
+    "pod-garbage-collector-controller": "podgc",
     "deployment-controller": "deployment",
     "replicaset-controller": "replicaset",
     "statefulset-controller": "statefulset",
@@ -60,8 +82,6 @@ ALIASES: dict[str, str] = {
     "ttl-after-finished-controller": "ttl-after-finished",
     "horizontal-pod-autoscaler-controller": "horizontalpodautoscaling",
 }
-
-ControllerFactory = Callable[[ControllerContext], Controller]
 
 
 def canonical_name(name: str) -> str:

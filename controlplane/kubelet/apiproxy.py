@@ -14,15 +14,18 @@ import contextlib
 import json
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-import httpx
 from starlette.requests import HTTPConnection
 from starlette.responses import Response, StreamingResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+if TYPE_CHECKING:
+    import httpx
+
+# httpx and the websockets client are imported on the first pods/log or pods/exec: the API server constructs the
+# NodeProxy as it starts, and its start (so `ccmkit up`'s readiness) should not wait for them.
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,8 @@ class NodeProxy:
         # Made on first use: building the client loads httpcore and an SSL context, which the API server's start
         # (and `ccmkit up`'s readiness) should not wait for.
         if self._client is None:
+            import httpx
+
             self._client = httpx.AsyncClient(trust_env=False, verify=False, timeout=httpx.Timeout(30.0, read=None))
         return self._client
 
@@ -162,6 +167,8 @@ class NodeProxy:
             return e.response()
 
     async def _log(self, request: Any, store: Any, target: Any) -> Response:
+        import httpx
+
         _pod, container, base = await self._locate(request, store, target)
         params = {k: v for k, v in request.query_params.items()
                   if k in ("follow", "previous", "tailLines", "sinceSeconds", "sinceTime", "timestamps",
@@ -187,6 +194,9 @@ class NodeProxy:
         return StreamingResponse(relay(), media_type="text/plain")
 
     async def _stream(self, ws: WebSocket, store: Any, target: Any) -> None:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import InvalidStatus
+
         if target.subresource != "exec":
             raise ProxyError(400, "BadRequest", f"pods/{target.subresource} is not supported")
         _pod, container, base = await self._locate(ws, store, target)
@@ -222,6 +232,8 @@ async def _deny(ws: WebSocket, error: ProxyError) -> None:
 
 
 async def _relay(ws: WebSocket, upstream: Any) -> None:
+    from websockets.exceptions import ConnectionClosed
+
     async def down() -> None:
         try:
             async for frame in upstream:
