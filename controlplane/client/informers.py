@@ -159,7 +159,11 @@ class Informer:
             listener.start(f"informer-{self.resource}-handler")
 
     def add_index(self, name: str, fn: IndexFunc) -> None:
-        """Index cached objects by the value(s) ``fn`` returns (a string, several, or None for none)."""
+        """Index cached objects by the value(s) ``fn`` returns (a string, several, or None for none).
+
+        Adding the same function under the same name again is a no-op (controllers sharing an informer each ask)."""
+        if self._indexers.get(name) is fn:
+            return
         self._indexers[name] = fn
         index: dict[str, set[str]] = {}
         self._indices[name] = index

@@ -28,6 +28,7 @@ from controlplane.controllers.controller_utils import (
     Obj,
     Timers,
     add_indexes,
+    claim_candidates,
     compute_hash,
     controller_clock,
     controller_ref,
@@ -294,7 +295,7 @@ class DaemonSetController:
     async def _daemon_pods(self, ds: Obj) -> list[Obj]:
         matches = selector_matcher((ds.get("spec") or {}).get("selector"))
         manager = ControllerRefManager(self.client, ds, DAEMONSETS, matches)
-        return await manager.claim(PODS, self.pod_informer.by_index("namespace", meta(ds).get("namespace") or ""))
+        return await manager.claim(PODS, claim_candidates(self.pod_informer, ds))
 
     async def _nodes_to_pods(self, ds: Obj) -> dict[str, list[Obj]]:
         out: dict[str, list[Obj]] = {}
@@ -312,7 +313,7 @@ class DaemonSetController:
     async def _construct_history(self, ds: Obj) -> tuple[Obj, list[Obj]]:
         matches = selector_matcher((ds.get("spec") or {}).get("selector"))
         histories = await ControllerRefManager(self.client, ds, DAEMONSETS, matches).claim(
-            CONTROLLERREVISIONS, self.rev_informer.by_index("namespace", meta(ds).get("namespace") or ""))
+            CONTROLLERREVISIONS, claim_candidates(self.rev_informer, ds))
         data = revision_data(ds)
         current: list[Obj] = []
         old: list[Obj] = []

@@ -29,6 +29,7 @@ from controlplane.controllers.controller_utils import (
     Obj,
     Timers,
     add_indexes,
+    claim_candidates,
     compute_hash,
     controller_clock,
     controller_ref,
@@ -371,11 +372,9 @@ class DeploymentController:
         return DONE
 
     async def _replicasets_for(self, d: Obj) -> list[Obj]:
-        namespace = meta(d).get("namespace") or ""
         matches = selector_matcher((d.get("spec") or {}).get("selector"))
         manager = ControllerRefManager(self.client, d, DEPLOYMENTS, matches)
-        return [copy.deepcopy(rs) for rs in await manager.claim(REPLICASETS,
-                                                                self.rs_informer.by_index("namespace", namespace))]
+        return [copy.deepcopy(rs) for rs in await manager.claim(REPLICASETS, claim_candidates(self.rs_informer, d))]
 
     def _now(self) -> str:
         return format_time(self.clock.now())

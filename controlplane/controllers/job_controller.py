@@ -35,6 +35,7 @@ from controlplane.controllers.controller_utils import (
     Obj,
     Timers,
     add_indexes,
+    claim_candidates,
     compare_pods_for_deletion,
     controller_clock,
     controller_ref,
@@ -512,7 +513,7 @@ class JobController:
     async def _pods_for(self, job: Obj) -> list[Obj]:
         matches = selector_matcher((job.get("spec") or {}).get("selector"))
         manager = ControllerRefManager(self.client, job, JOBS, matches)
-        return await manager.claim(PODS, self.pod_informer.by_index("namespace", meta(job).get("namespace") or ""))
+        return await manager.claim(PODS, claim_candidates(self.pod_informer, job))
 
     async def _sync_job(self, key: str) -> None:
         cached = self.job_informer.get(key)

@@ -26,6 +26,7 @@ from controlplane.controllers.controller_utils import (
     Obj,
     Timers,
     add_indexes,
+    claim_candidates,
     controller_clock,
     controller_ref,
     format_time,
@@ -154,9 +155,7 @@ class ReplicaSetController:
         needs_sync = self.expectations.satisfied(key)
         spec = rs.get("spec") or {}
         matches = selector_matcher(spec.get("selector"))
-        namespace = meta(rs).get("namespace") or ""
-        all_pods = self.pod_informer.by_index("namespace", namespace)
-        active = [p for p in all_pods if is_pod_active(p)]
+        active = [p for p in claim_candidates(self.pod_informer, rs) if is_pod_active(p)]
         manager = ControllerRefManager(self.client, rs, REPLICASETS, matches)
         pods = await manager.claim(PODS, active)
 

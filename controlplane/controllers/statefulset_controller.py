@@ -30,6 +30,7 @@ from controlplane.controllers.controller_utils import (
     Obj,
     Timers,
     add_indexes,
+    claim_candidates,
     controller_clock,
     controller_ref,
     create_controller_revision,
@@ -254,11 +255,10 @@ class StatefulSetController:
             return DONE
         sts = copy.deepcopy(cached)
         matches = selector_matcher((sts.get("spec") or {}).get("selector"))
-        namespace = meta(sts).get("namespace") or ""
         revisions = await ControllerRefManager(self.client, sts, STATEFULSETS, matches).claim(
-            CONTROLLERREVISIONS, self.rev_informer.by_index("namespace", namespace))
+            CONTROLLERREVISIONS, claim_candidates(self.rev_informer, sts))
         manager = ControllerRefManager(self.client, sts, STATEFULSETS, matches, lambda p: is_member_of(sts, p))
-        pods = await manager.claim(PODS, self.pod_informer.by_index("namespace", namespace))
+        pods = await manager.claim(PODS, claim_candidates(self.pod_informer, sts))
         revisions = sort_revisions([copy.deepcopy(r) for r in revisions])
         current, update, collision = await self._revisions(sts, revisions)
         status: Obj | None = None
