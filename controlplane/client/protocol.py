@@ -65,6 +65,12 @@ def encode_body(body: Any) -> bytes:
     return orjson.dumps(body)
 
 
+def copy_object(obj: Any) -> Any:
+    """A deep copy of a decoded API object (JSON types only), through orjson: 5-10x cheaper than copy.deepcopy,
+    which controllers pay on every sync of an object carrying managedFields."""
+    return orjson.loads(orjson.dumps(obj))
+
+
 def object_name(obj: Mapping[str, Any]) -> str:
     name = (obj.get("metadata") or {}).get("name")
     if not name:

@@ -13,7 +13,6 @@ clock; tests pass ``FakeClock(start=<unix seconds>)`` and step it.
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime as dt
 import functools
 import logging
@@ -25,8 +24,16 @@ from typing import Any
 
 import orjson
 
-from controlplane.client import ApiClient, Clock, Informer, NotFound, RealClock, Resource
+from controlplane.client import (
+    ApiClient,
+    Clock,
+    Informer,
+    NotFound,
+    RealClock,
+    Resource,
+)
 from controlplane.client import errors as api_errors
+from controlplane.client.protocol import copy_object
 from controlplane.client.resources import EVENTS
 from controlplane.scheduler.labels import label_selector
 
@@ -189,7 +196,7 @@ def template_equal_ignore_hash(a: Mapping[str, Any] | None, b: Mapping[str, Any]
     """deploymentutil.EqualIgnoreHash: templates equal once the pod-template-hash label is dropped from both."""
 
     def strip(t: Mapping[str, Any] | None) -> Any:
-        t = copy.deepcopy(dict(t or {}))
+        t = copy_object(dict(t or {}))
         meta = t.setdefault("metadata", {})
         labels = dict(meta.get("labels") or {})
         labels.pop(POD_TEMPLATE_HASH_LABEL, None)
@@ -266,7 +273,7 @@ def pod_from_template(template: Mapping[str, Any], owner_ref: Mapping[str, Any],
         pod_meta["generateName"] = generate_name or f"{owner_ref['name']}-"
     if not pod_meta["annotations"]:
         del pod_meta["annotations"]
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta, "spec": copy.deepcopy(template.get("spec") or {})}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta, "spec": copy_object(template.get("spec") or {})}
 
 
 def pods_prefix(controller_name: str) -> str:

@@ -14,7 +14,6 @@ the next start is due, so tests step a FakeClock instead of waiting for minutes.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import logging
 import re
@@ -25,6 +24,7 @@ from croniter import croniter
 
 from controlplane.client import ApiClient, Clock, NotFound, SharedInformerFactory
 from controlplane.client import errors as api_errors
+from controlplane.client.protocol import copy_object
 from controlplane.client.resources import CRONJOBS, JOBS
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
 from controlplane.controllers.controller_utils import (
@@ -186,7 +186,7 @@ class CronJobController:
         cached = self.cj_informer.get(key)
         if cached is None:
             return DONE
-        cj = copy.deepcopy(cached)
+        cj = copy_object(cached)
         jobs = [j for j in self.job_informer.by_index(CONTROLLER_INDEX, meta(cj).get("uid") or "")]
         changed = await self._cleanup_finished(cj, jobs)
         requeue, synced_changed, error = await self._sync(cj, jobs)
@@ -346,7 +346,7 @@ class CronJobController:
             "metadata": {"name": job_name(cj, scheduled), "labels": dict(tmeta.get("labels") or {}),
                          "annotations": annotations,
                          "ownerReferences": [controller_ref(cj, CRONJOBS.api_version, CRONJOBS.kind)]},
-            "spec": copy.deepcopy(template.get("spec") or {}),
+            "spec": copy_object(template.get("spec") or {}),
         }
 
     async def _delete_job(self, cj: Obj, job: Obj) -> bool:

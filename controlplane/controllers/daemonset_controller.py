@@ -12,12 +12,12 @@ desired/current/misscheduled/ready/updated/available/unavailable counts.
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any
 
 from controlplane.client import ApiClient, Clock, NotFound, SharedInformerFactory
 from controlplane.client import errors as api_errors
+from controlplane.client.protocol import copy_object
 from controlplane.client.resources import CONTROLLERREVISIONS, DAEMONSETS, NODES, PODS
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
 from controlplane.controllers.controller_utils import (
@@ -115,7 +115,7 @@ def target_node_name(pod: Obj) -> str | None:
 
 def pin_to_node(affinity: Obj | None, node: str) -> Obj:
     """util.ReplaceDaemonSetPodNodeNameNodeAffinity: required terms become exactly `metadata.name In [node]`."""
-    affinity = copy.deepcopy(affinity or {})
+    affinity = copy_object(affinity or {})
     term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
     node_affinity = affinity.setdefault("nodeAffinity", {})
     node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = {"nodeSelectorTerms": [term]}
@@ -138,7 +138,7 @@ def node_should_run(node: Obj, ds: Obj) -> tuple[bool, bool]:
         selector = parse_node_selector(required)
         if selector is not None and not selector.matches(labels, name):
             return False, False
-    pod_spec = copy.deepcopy(spec)
+    pod_spec = copy_object(spec)
     add_daemon_tolerations(pod_spec)
     tolerations = [toleration_key(t) for t in pod_spec.get("tolerations") or []]
     taints = [taint_key(t) for t in (node.get("spec") or {}).get("taints") or []]
@@ -149,7 +149,7 @@ def node_should_run(node: Obj, ds: Obj) -> tuple[bool, bool]:
 
 
 def revision_data(ds: Obj) -> Obj:
-    template = semantic(copy.deepcopy((ds.get("spec") or {}).get("template") or {}))
+    template = semantic(copy_object((ds.get("spec") or {}).get("template") or {}))
     template["$patch"] = "replace"
     return {"spec": {"template": template}}
 
@@ -264,7 +264,7 @@ class DaemonSetController:
         if cached is None:
             self.expectations.forget(key)
             return DONE
-        ds = copy.deepcopy(cached)
+        ds = copy_object(cached)
         if is_empty_selector((ds.get("spec") or {}).get("selector")):
             await self.events.event(ds, "Warning", "SelectingAll",
                                     "This daemon set is selecting all pods. A non-empty selector is required.")
@@ -456,7 +456,7 @@ class DaemonSetController:
             return
         self.expectations.expect_creations(key, len(need))
         self.expectations.expect_deletion_count(key, len(delete))
-        template = copy.deepcopy((ds.get("spec") or {}).get("template") or {})
+        template = copy_object((ds.get("spec") or {}).get("template") or {})
         add_daemon_tolerations(template.setdefault("spec", {}))
         tmeta = template.setdefault("metadata", {})
         tmeta["labels"] = {**(tmeta.get("labels") or {}), CONTROLLER_REVISION_HASH_LABEL: pod_hash}

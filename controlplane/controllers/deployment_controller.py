@@ -11,14 +11,20 @@ conditions and progressDeadlineSeconds the way `kubectl rollout status` reads th
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 import math
 from collections.abc import Sequence
 
-from controlplane.client import ApiClient, Clock, Conflict, NotFound, SharedInformerFactory
+from controlplane.client import (
+    ApiClient,
+    Clock,
+    Conflict,
+    NotFound,
+    SharedInformerFactory,
+)
 from controlplane.client import errors as api_errors
+from controlplane.client.protocol import copy_object
 from controlplane.client.resources import DEPLOYMENTS, PODS, REPLICASETS
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
 from controlplane.controllers.controller_utils import (
@@ -345,7 +351,7 @@ class DeploymentController:
         cached = self.d_informer.get(key)
         if cached is None:
             return DONE
-        d = copy.deepcopy(cached)
+        d = copy_object(cached)
         spec = d.get("spec") or {}
         if is_empty_selector(spec.get("selector")):
             await self.events.event(d, "Warning", "SelectingAll",
@@ -374,7 +380,7 @@ class DeploymentController:
     async def _replicasets_for(self, d: Obj) -> list[Obj]:
         matches = selector_matcher((d.get("spec") or {}).get("selector"))
         manager = ControllerRefManager(self.client, d, DEPLOYMENTS, matches)
-        return [copy.deepcopy(rs) for rs in await manager.claim(REPLICASETS, claim_candidates(self.rs_informer, d))]
+        return [copy_object(rs) for rs in await manager.claim(REPLICASETS, claim_candidates(self.rs_informer, d))]
 
     def _now(self) -> str:
         return format_time(self.clock.now())
@@ -431,7 +437,7 @@ class DeploymentController:
         max_old = max((revision_of(rs) for rs in old), default=0)
         new_revision = str(max_old + 1)
         if existing is not None:
-            rs = copy.deepcopy(existing)
+            rs = copy_object(existing)
             annotations_updated = set_new_replicaset_annotations(d, rs, new_revision, True)
             min_ready = (d.get("spec") or {}).get("minReadySeconds") or 0
             if annotations_updated or ((rs.get("spec") or {}).get("minReadySeconds") or 0) != min_ready:
@@ -451,12 +457,12 @@ class DeploymentController:
         if not create:
             return None
         spec = d.get("spec") or {}
-        template = copy.deepcopy(spec.get("template") or {})
+        template = copy_object(spec.get("template") or {})
         collision = (d.get("status") or {}).get("collisionCount")
         pod_hash = compute_hash(template, collision)
         tmeta = template.setdefault("metadata", {})
         tmeta["labels"] = {**(tmeta.get("labels") or {}), POD_TEMPLATE_HASH_LABEL: pod_hash}
-        selector = copy.deepcopy(spec.get("selector") or {})
+        selector = copy_object(spec.get("selector") or {})
         selector["matchLabels"] = {**(selector.get("matchLabels") or {}), POD_TEMPLATE_HASH_LABEL: pod_hash}
         name = f"{meta(d)['name']}-{pod_hash}"
         new_rs: Obj = {
@@ -518,7 +524,7 @@ class DeploymentController:
         if not size_changed and not replicas_annotations_need_update(rs, desired, max_total):
             return False, rs
         old_scale = _replicas(rs)
-        body = copy.deepcopy(rs)
+        body = copy_object(rs)
         body.setdefault("spec", {})["replicas"] = new_scale
         set_replicas_annotations(body, desired, max_total)
         updated = await self.client.update(REPLICASETS, body)
@@ -736,7 +742,7 @@ class DeploymentController:
             "readyReplicas": actual_count(all_rss, "readyReplicas"),
             "availableReplicas": available,
             "unavailableReplicas": max(0, total - available),
-            "conditions": copy.deepcopy((d.get("status") or {}).get("conditions") or []),
+            "conditions": copy_object((d.get("status") or {}).get("conditions") or []),
         }
         collision = (d.get("status") or {}).get("collisionCount")
         if collision is not None:

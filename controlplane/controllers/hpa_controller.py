@@ -18,7 +18,6 @@ Object and External metrics (custom/external metrics APIs) are not served and ar
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -26,8 +25,15 @@ from typing import Any
 
 import orjson
 
-from controlplane.client import ApiClient, Clock, NotFound, SharedInformerFactory, resource_for
+from controlplane.client import (
+    ApiClient,
+    Clock,
+    NotFound,
+    SharedInformerFactory,
+    resource_for,
+)
 from controlplane.client import errors as api_errors
+from controlplane.client.protocol import copy_object
 from controlplane.client.resources import HORIZONTALPODAUTOSCALERS, PODS
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
 from controlplane.controllers.controller_utils import (
@@ -95,7 +101,7 @@ def scaling_rules(behavior: Obj | None, direction: str, downscale_window: float)
     """GenerateHPAScale{Up,Down}Rules: every missing field of the behavior takes upstream's default."""
     default = DEFAULT_SCALE_UP if direction == "scaleUp" else DEFAULT_SCALE_DOWN
     given = (behavior or {}).get(direction) or {}
-    rules = {k: copy.deepcopy(given[k]) if given.get(k) is not None else copy.deepcopy(v) for k, v in default.items()}
+    rules = {k: copy_object(given[k]) if given.get(k) is not None else copy_object(v) for k, v in default.items()}
     if rules["stabilizationWindowSeconds"] is None:
         rules["stabilizationWindowSeconds"] = downscale_window
     return rules
@@ -173,7 +179,7 @@ class HorizontalPodAutoscalerController:
         if cached is None:
             return DONE
         try:
-            await self._reconcile_autoscaler(copy.deepcopy(cached), key)
+            await self._reconcile_autoscaler(copy_object(cached), key)
         except Exception as exc:  # noqa: BLE001 - upstream retries at the sync period, not with fast backoff
             log.info("horizontal pod autoscaler %s: %s", key, exc)
         finally:
@@ -183,7 +189,7 @@ class HorizontalPodAutoscalerController:
     # -- the algorithm ----------------------------------------------------------------------------------------
 
     async def _reconcile_autoscaler(self, hpa: Obj, key: str) -> None:
-        original = copy.deepcopy(hpa.get("status") or {})
+        original = copy_object(hpa.get("status") or {})
         spec = hpa.get("spec") or {}
         ref = spec.get("scaleTargetRef") or {}
         namespace = meta(hpa).get("namespace")
@@ -239,7 +245,7 @@ class HorizontalPodAutoscalerController:
                 desired = self._normalize_with_behaviors(hpa, key, current, desired, min_replicas)
             rescale = desired != current
         if rescale:
-            body = copy.deepcopy(scale)
+            body = copy_object(scale)
             body.setdefault("spec", {})["replicas"] = desired
             try:
                 await self.client.update_subresource(target, body, "scale", name=ref.get("name"), namespace=namespace)

@@ -17,7 +17,6 @@ background propagation; it lives here because it is the Job's other half (upstre
 from __future__ import annotations
 
 import asyncio
-import copy
 import functools
 import logging
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 
 from controlplane.client import ApiClient, Clock, NotFound, SharedInformerFactory
 from controlplane.client import errors as api_errors
+from controlplane.client.protocol import copy_object
 from controlplane.client.resources import JOBS, PODS
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
 from controlplane.controllers.controller_utils import (
@@ -522,7 +522,7 @@ class JobController:
             self.finalizer_expectations.pop(key, None)
             self.backoff.pop(key, None)
             return
-        job = copy.deepcopy(cached)
+        job = copy_object(cached)
         if is_finished(job):
             self.backoff.pop(key, None)
             return
@@ -787,7 +787,7 @@ class JobController:
             if diff == 0:
                 return active
         self.expectations.expect_creations(key, diff)
-        template = copy.deepcopy(spec.get("template") or {})
+        template = copy_object(spec.get("template") or {})
         if is_indexed(job):
             pod_spec = template.setdefault("spec", {})
             for group in ("initContainers", "containers"):
@@ -810,7 +810,7 @@ class JobController:
                 t = template
                 generate_name = pods_prefix(job_name)
                 if index is not None:
-                    t = copy.deepcopy(template)
+                    t = copy_object(template)
                     tm = t.setdefault("metadata", {})
                     tm["annotations"] = {**(tm.get("annotations") or {}), COMPLETION_INDEX: str(index)}
                     tm["labels"] = {**(tm.get("labels") or {}), COMPLETION_INDEX: str(index)}

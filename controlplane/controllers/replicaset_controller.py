@@ -10,12 +10,12 @@ burst of creates from being repeated before the pod informer has caught up. Depl
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from typing import Any
 
 from controlplane.client import ApiClient, Clock, NotFound, SharedInformerFactory
 from controlplane.client import errors as api_errors
+from controlplane.client.protocol import copy_object
 from controlplane.client.resources import PODS, REPLICASETS
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
 from controlplane.controllers.controller_utils import (
@@ -151,7 +151,7 @@ class ReplicaSetController:
         if rs is None:
             self.expectations.forget(key)
             return DONE
-        rs = copy.deepcopy(rs)
+        rs = copy_object(rs)
         needs_sync = self.expectations.satisfied(key)
         spec = rs.get("spec") or {}
         matches = selector_matcher(spec.get("selector"))
@@ -183,7 +183,7 @@ class ReplicaSetController:
             namespace = meta(rs).get("namespace")
 
             async def create() -> Obj:
-                return await self.client.create(PODS, copy.deepcopy(body), namespace)
+                return await self.client.create(PODS, copy_object(body), namespace)
 
             created, results = await gather_limited([create] * count)
             skipped = count - created
@@ -242,7 +242,7 @@ class ReplicaSetController:
                                                    for k, v in template_labels.items()))
         ready = sum(1 for p in pods if is_pod_ready(p))
         available = sum(1 for p in pods if is_pod_available(p, min_ready, now))
-        status: dict[str, Any] = copy.deepcopy(rs.get("status") or {})
+        status: dict[str, Any] = copy_object(rs.get("status") or {})
         conditions = [c for c in status.get("conditions") or [] if c.get("type") != "ReplicaFailure"]
         failure = next((c for c in status.get("conditions") or [] if c.get("type") == "ReplicaFailure"), None)
         if manage_error is not None:

@@ -14,14 +14,19 @@ whenScaled), so the garbage collector does the deleting.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import re
 from typing import Any
 
 from controlplane.client import ApiClient, Clock, NotFound, SharedInformerFactory
 from controlplane.client import errors as api_errors
-from controlplane.client.resources import CONTROLLERREVISIONS, PERSISTENTVOLUMECLAIMS, PODS, STATEFULSETS
+from controlplane.client.protocol import copy_object
+from controlplane.client.resources import (
+    CONTROLLERREVISIONS,
+    PERSISTENTVOLUMECLAIMS,
+    PODS,
+    STATEFULSETS,
+)
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
 from controlplane.controllers.controller_utils import (
     CONTROLLER_REVISION_HASH_LABEL,
@@ -184,15 +189,15 @@ def is_healthy(pod: Obj) -> bool:
 
 def revision_data(sts: Obj) -> Obj:
     """getPatch: the part of the set a revision records — the template, to be applied with $patch: replace."""
-    template = semantic(copy.deepcopy((sts.get("spec") or {}).get("template") or {}))
+    template = semantic(copy_object((sts.get("spec") or {}).get("template") or {}))
     template["$patch"] = "replace"
     return {"spec": {"template": template}}
 
 
 def apply_revision(sts: Obj, revision: Obj) -> Obj:
     """ApplyRevision: the set as it was at that revision (its template)."""
-    out = copy.deepcopy(sts)
-    template = copy.deepcopy(((revision.get("data") or {}).get("spec") or {}).get("template") or {})
+    out = copy_object(sts)
+    template = copy_object(((revision.get("data") or {}).get("spec") or {}).get("template") or {})
     template.pop("$patch", None)
     out.setdefault("spec", {})["template"] = template
     return out
@@ -253,13 +258,13 @@ class StatefulSetController:
         cached = self.sts_informer.get(key)
         if cached is None:
             return DONE
-        sts = copy.deepcopy(cached)
+        sts = copy_object(cached)
         matches = selector_matcher((sts.get("spec") or {}).get("selector"))
         revisions = await ControllerRefManager(self.client, sts, STATEFULSETS, matches).claim(
             CONTROLLERREVISIONS, claim_candidates(self.rev_informer, sts))
         manager = ControllerRefManager(self.client, sts, STATEFULSETS, matches, lambda p: is_member_of(sts, p))
         pods = await manager.claim(PODS, claim_candidates(self.pod_informer, sts))
-        revisions = sort_revisions([copy.deepcopy(r) for r in revisions])
+        revisions = sort_revisions([copy_object(r) for r in revisions])
         current, update, collision = await self._revisions(sts, revisions)
         status: Obj | None = None
         error: Exception | None = None
@@ -446,7 +451,7 @@ class StatefulSetController:
         claims_ok = await self._claims_match_retention(update_set, pod)
         if identity_matches(sts, pod) and storage_matches(sts, pod) and claims_ok:
             return False
-        await self._update_pod(update_set, copy.deepcopy(pod))
+        await self._update_pod(update_set, copy_object(pod))
         return False
 
     async def _process_condemned(self, sts: Obj, first_unhealthy: Obj | None, monotonic: bool,
@@ -498,7 +503,7 @@ class StatefulSetController:
         match_labels = ((sts.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
         claims = []
         for template in claim_templates(sts):
-            claim = copy.deepcopy(template)
+            claim = copy_object(template)
             cm = claim.setdefault("metadata", {})
             cm["name"] = claim_name(template, sts, ordinal)
             cm["namespace"] = meta(sts).get("namespace")
@@ -546,7 +551,7 @@ class StatefulSetController:
             existing = await self._get_claim(meta(claim)["name"], meta(claim).get("namespace"))
             if existing is None:
                 continue
-            wanted = copy.deepcopy(existing)
+            wanted = copy_object(existing)
             if _set_claim_owners(wanted, sts, pod):
                 return False
         return True
@@ -556,7 +561,7 @@ class StatefulSetController:
             existing = await self._get_claim(meta(claim)["name"], meta(claim).get("namespace"))
             if existing is None:
                 continue
-            wanted = copy.deepcopy(existing)
+            wanted = copy_object(existing)
             if _set_claim_owners(wanted, sts, pod):
                 try:
                     await self.client.update(PERSISTENTVOLUMECLAIMS, wanted)

@@ -10,7 +10,6 @@ server sees stays per node: one Node, one Lease and the status of each pod, writ
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from controlplane.client import (
     Informer,
     NotFound,
 )
+from controlplane.client.protocol import copy_object
 
 from . import nodestatus
 from .apiproxy import LOCAL_KUBELETS
@@ -243,7 +243,7 @@ class KubeletPool:
                     k.lease = await self.client.create(LEASES, nodestatus.lease_object(k.name, k.node_uid,
                                                                                        opts.lease_duration))
                     return
-            lease = copy.deepcopy(k.lease)
+            lease = copy_object(k.lease)
             lease["spec"] = {**(lease.get("spec") or {}), "holderIdentity": k.name,
                              "leaseDurationSeconds": opts.lease_duration, "renewTime": nodestatus.micro_time()}
             k.lease = await self.client.update(LEASES, lease)
