@@ -5,7 +5,13 @@ work queues. Objects are plain dicts in the Kubernetes wire format; failures are
 """
 
 from .clock import Clock, FakeClock, RealClock
-from .config import ClientConfig, KubeconfigError, from_url, load_kubeconfig, parse_kubeconfig
+from .config import (
+    ClientConfig,
+    KubeconfigError,
+    from_url,
+    load_kubeconfig,
+    parse_kubeconfig,
+)
 from .errors import (
     AlreadyExists,
     ApiError,
@@ -22,12 +28,26 @@ from .errors import (
     error_from_response,
     error_from_status,
 )
-from .informers import Backoff, Informer, SharedInformerFactory, meta_namespace_key, namespace_index, split_key
+from .informers import (
+    Backoff,
+    Informer,
+    SharedInformerFactory,
+    meta_namespace_key,
+    namespace_index,
+    split_key,
+)
 from .protocol import ApiRequest, PatchType
 from .resources import *  # noqa: F403 - the resource constants are the vocabulary of every call
 from .resources import BUILTIN_RESOURCES, Resource, resource_for, resource_of
-from .rest import ApiClient
-from .watch import ResumableWatcher, Watch, WatchDecoder, WatchEvent, WatchProtocolError, watch
+from .rest import ApiClient, component_user_agent
+from .watch import (
+    ResumableWatcher,
+    Watch,
+    WatchDecoder,
+    WatchEvent,
+    WatchProtocolError,
+    watch,
+)
 from .workqueue import (
     BucketRateLimiter,
     DelayingQueue,

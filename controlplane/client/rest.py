@@ -25,6 +25,13 @@ from .transport import ConnectionPool, StreamResponse
 
 USER_AGENT = "ccmkit/0.1"
 
+
+def component_user_agent(component: str) -> str:
+    """The User-Agent a component sends, upstream's shape (``kubelet/v1.32.0 (linux/amd64) ...``): the API server
+    takes the part before the first "/" as the field manager of its writes, so managedFields say ``kubelet``,
+    ``kube-scheduler`` or ``kube-controller-manager`` as on a real cluster."""
+    return f"{component}/v1.32.0 (linux/amd64) ccmkit"
+
 # Watches hold a connection each for minutes, so the pool must outgrow the number of informers a process runs
 # (a few dozen) plus its concurrent requests; keep-alive avoids a TCP handshake per request.
 DEFAULT_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=60.0)
@@ -45,10 +52,11 @@ class ApiClient:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         limits: httpx.Limits = DEFAULT_LIMITS,
+        user_agent: str = USER_AGENT,
     ) -> None:
         self.config = from_url(config) if isinstance(config, str) else config
         cfg = self.config
-        headers = {"Accept": protocol.JSON, "User-Agent": USER_AGENT}
+        headers = {"Accept": protocol.JSON, "User-Agent": user_agent}
         if cfg.token:
             headers["Authorization"] = f"Bearer {cfg.token}"
         elif cfg.username:

@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from controlplane.client import (
     ApiClient,
@@ -31,10 +38,16 @@ from controlplane.client import (
     RateLimitingQueue,
     RealClock,
     SharedInformerFactory,
+    component_user_agent,
     default_controller_rate_limiter,
 )
 from controlplane.controllers import ControllerFactory, load_factory, select
-from controlplane.controllers.base import Controller, ControllerContext, Result, RetryLater
+from controlplane.controllers.base import (
+    Controller,
+    ControllerContext,
+    Result,
+    RetryLater,
+)
 from controlplane.controllers.leader_election import LeaderElectionConfig, LeaderElector
 
 log = logging.getLogger(__name__)
@@ -288,7 +301,7 @@ class ControllerManager:
         if isinstance(server, ApiClient):
             self.client, self._owns_client = server, False
         else:
-            self.client, self._owns_client = ApiClient(server), True
+            self.client, self._owns_client = ApiClient(server, user_agent=component_user_agent("kube-controller-manager")), True
         if factories is None:
             names = select(self.config.controllers)
             self.factories: dict[str, ControllerFactory] = {n: load_factory(n) for n in names}

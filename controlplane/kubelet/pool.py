@@ -31,6 +31,7 @@ from controlplane.client import (
     DelayingQueue,
     Informer,
     NotFound,
+    component_user_agent,
 )
 from controlplane.client.protocol import copy_object
 
@@ -74,7 +75,8 @@ class KubeletPool:
         # client's default of 256 connections, or with requests queued for a connection, became the pool's main
         # CPU cost under load.
         connections = self.options.sync_workers + self.options.api_concurrency + 4
-        self.client: ApiClient = ApiClient(api, limits=httpx.Limits(max_connections=connections,
+        self.client: ApiClient = ApiClient(api, user_agent=component_user_agent("kubelet"),
+                                           limits=httpx.Limits(max_connections=connections,
                                                                     max_keepalive_connections=connections))
         self.http = httpx.AsyncClient(verify=False, trust_env=False, follow_redirects=False)
         self.queue: DelayingQueue[str] = DelayingQueue()

@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from controlplane.client import ApiClient, ClientConfig, Informer, SharedInformerFactory
+from controlplane.client import (
+    ApiClient,
+    ClientConfig,
+    Informer,
+    SharedInformerFactory,
+    component_user_agent,
+)
 from controlplane.client.resources import (
     NAMESPACES,
     NODES,
@@ -113,7 +119,8 @@ class _Session:
         # Writes (bindings, events, status) get their own small connection pool: httpx scans every pooled
         # connection on each request, and the informers' long-lived watch connections would be scanned too.
         n = svc.options.max_binding_requests + svc.options.event_workers + 4
-        self.writer = ApiClient(client.config, limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+        self.writer = ApiClient(client.config, limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+                                user_agent=component_user_agent("kube-scheduler"))
         self.recorder = EventRecorder(self.writer, workers=svc.options.event_workers)
         self.factory = SharedInformerFactory(client)
         f = self.factory
@@ -479,7 +486,7 @@ class SchedulerService:
         if isinstance(server, ApiClient):
             self.client, self._own_client = server, False
         else:
-            self.client, self._own_client = ApiClient(server), True
+            self.client, self._own_client = ApiClient(server, user_agent=component_user_agent("kube-scheduler")), True
         self.metrics = SchedulerMetrics()
         self.profiles = [p.scheduler_name for p in self.config.profiles]
         self._session: _Session | None = None

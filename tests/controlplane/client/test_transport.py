@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from controlplane.client import CONFIGMAPS, ApiClient
+from controlplane.client import CONFIGMAPS, ApiClient, component_user_agent
 from controlplane.client.errors import NotFound
 from controlplane.client.transport import ConnectionPool
 
@@ -259,3 +259,9 @@ async def test_api_client_over_the_pool_against_the_api_server(apiserver) -> Non
         # Names outside the unreserved set are percent-encoded on the way out, and the server finds nothing.
         with pytest.raises(NotFound):
             await client.get(CONFIGMAPS, "has space", "default")
+
+
+async def test_component_user_agent_names_the_field_manager(apiserver) -> None:
+    async with ApiClient(apiserver.url, user_agent=component_user_agent("kube-scheduler")) as client:
+        created = await client.create(CONFIGMAPS, {"metadata": {"name": "ua"}, "data": {"k": "v"}}, "default")
+    assert [m["manager"] for m in created["metadata"]["managedFields"]] == ["kube-scheduler"]
