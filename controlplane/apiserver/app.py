@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from controlplane.apiserver import discovery, errors, jsonutil, metrics_api
 from controlplane.apiserver.allocators import ServiceAllocator
@@ -187,12 +188,36 @@ def _arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
+class _ApiApp(Starlette):
+    """Starlette, except that resource requests (`/api/v1/...`, `/apis/G/V/...`: nearly all of the traffic) go
+    straight to the REST handlers. Starlette's router would try a dozen route patterns per request and its two
+    middleware layers wrap every `send`; the handlers parse the path themselves and answer every error with a
+    Status, so neither adds anything there. Discovery, OpenAPI, health, metrics.k8s.io and WebSockets are routed
+    by Starlette as before."""
+
+    # Served by routes of their own (metrics_api.install), which the generic resource routes come after.
+    _ROUTED = (f"/apis/{metrics_api.GROUP_VERSION}/",)
+
+    def __init__(self, handlers: ApiHandlers) -> None:
+        super().__init__()
+        self._handlers = handlers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path") and not scope["path"].startswith(self._ROUTED):
+            target = self._handlers.resource_path(scope["path"])
+            if target is not None:
+                scope["app"] = self
+                await self._handlers.serve(scope, receive, send, *target)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(state: ServerState) -> Starlette:
     """The ASGI app. Plain Starlette (FastAPI's core): the API is routed by hand, and FastAPI's pydantic layer would
     add startup time and per-request work this server does not use (see docs/ARCHITECTURE.md)."""
-    app = Starlette()
-    app.state.api = state
     handlers = ApiHandlers(state)
+    app = _ApiApp(handlers)
+    app.state.api = state
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
     async def healthy(request: Request) -> Response:

@@ -15,7 +15,6 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from controlplane.apiserver import jsonutil
@@ -30,15 +29,39 @@ Transform = Callable[[str, dict[str, Any]], bytes]  # (event type, object) -> on
 INDEXED_FIELD = "spec.nodeName"
 
 
-@dataclass(slots=True)
 class CachedEvent:
-    type: str
-    revision: int
-    key: str
-    obj: dict[str, Any]
-    prev_value: bytes | None
-    frame: bytes  # the serialised WatchEvent for unfiltered, untransformed watchers
-    _prev: dict[str, Any] | None = None
+    """One event of the window. The object is decoded, and the frame serialised, when a watcher first needs them
+    (then once for all watchers): a resource whose watch cache runs with nobody watching, or with only watchers
+    whose filters rule the event out by key, pays for neither on every write."""
+
+    __slots__ = ("_decode", "_frame", "_obj", "_prev", "key", "prev_value", "revision", "type", "value")
+
+    def __init__(self, type: str, revision: int, key: str, value: bytes, prev_value: bytes | None,
+                 decode: Decode) -> None:
+        self.type = type
+        self.revision = revision
+        self.key = key
+        self.value = value
+        self.prev_value = prev_value
+        self._decode = decode
+        self._obj: dict[str, Any] | None = None
+        self._frame: bytes | None = None
+        self._prev: dict[str, Any] | None = None
+
+    @property
+    def obj(self) -> dict[str, Any]:
+        obj = self._obj
+        if obj is None:
+            obj = self._obj = self._decode(self.value, self.revision)
+        return obj
+
+    @property
+    def frame(self) -> bytes:
+        """The serialised WatchEvent for unfiltered, untransformed watchers."""
+        frame = self._frame
+        if frame is None:
+            frame = self._frame = jsonutil.dumps({"type": self.type, "object": self.obj})
+        return frame
 
     def prev(self, decode: Decode) -> dict[str, Any] | None:
         if self._prev is None and self.prev_value is not None:
@@ -206,9 +229,7 @@ class Cacher:
                 await asyncio.sleep(0.2)
 
     def _dispatch(self, ev: WatchEvent) -> None:
-        obj = self.decode(ev.value, ev.revision)
-        frame = jsonutil.dumps({"type": ev.type, "object": obj})
-        cached = CachedEvent(ev.type, ev.revision, ev.key, obj, ev.prev_value, frame)
+        cached = CachedEvent(ev.type, ev.revision, ev.key, ev.value, ev.prev_value, self.decode)
         if len(self.history) == self.history.maxlen:
             self.oldest = self.history[0].revision
         self.history.append(cached)
@@ -216,7 +237,7 @@ class Cacher:
         for w in tuple(self._unindexed):
             w.offer(cached)
         if self._by_node:
-            node = ((obj.get("spec") or {}).get("nodeName")) or ""
+            node = ((cached.obj.get("spec") or {}).get("nodeName")) or ""
             for w in tuple(self._by_node.get(node, ())):
                 w.offer(cached)
 
@@ -264,9 +285,7 @@ async def feed_from_store(store: Store, prefix: str, revision: int, watcher: Wat
     """Serve a watcher whose revision is older than the cache window straight from the store's history."""
     try:
         async for ev in store.watch(prefix, revision):
-            obj = decode(ev.value, ev.revision)
-            watcher.offer(CachedEvent(ev.type, ev.revision, ev.key, obj, ev.prev_value,
-                                      jsonutil.dumps({"type": ev.type, "object": obj})))
+            watcher.offer(CachedEvent(ev.type, ev.revision, ev.key, ev.value, ev.prev_value, decode))
             if watcher.closed is not None:
                 return
     except ExpiredError as exc:

@@ -9,7 +9,7 @@ applies are removed when nobody else owns them. Lists merge by the merge keys of
 
 from __future__ import annotations
 
-import copy
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,32 +33,42 @@ def _key_element(item: dict[str, Any], key: str) -> str:
 def field_set(obj: Any, prefix: Path = (), field: str = "", status: bool = False) -> set[Path]:
     """The set of field paths ``obj`` sets, as upstream's structured-merge-diff sees them."""
     out: set[Path] = set()
-    if not isinstance(obj, dict):
-        return out
+    if isinstance(obj, dict):
+        _collect_fields(obj, prefix, status, out)
+    return out
+
+
+def _collect_fields(obj: dict[str, Any], prefix: Path, status: bool, out: set[Path]) -> None:
+    # field_set's walk with one accumulator: every write computes the field set of the new object (and of the old
+    # one on updates), so this is on the path of every create and update.
+    root = not prefix
+    meta = prefix == ("f:metadata",)
     for name, value in obj.items():
-        if not prefix:
+        if root:
             if name in IGNORED_ROOT or (name == "status" and not status):
                 continue
-        if prefix == ("f:metadata",) and name in IGNORED_METADATA:
+        elif meta and name in IGNORED_METADATA:
             continue
-        path = (*prefix, f"f:{name}")
-        if isinstance(value, dict) and value:
-            out |= field_set(value, path, name, status)
+        path = (*prefix, "f:" + name)
+        if isinstance(value, dict):
+            if value:
+                _collect_fields(value, path, status, out)
+            else:
+                out.add(path)
         elif isinstance(value, list):
             key = _merge_key(name, value)
             if key is None or not value:
                 out.add(path)
             elif key == "":
-                out |= {(*path, "v:" + jsonutil.dumps(item).decode()) for item in value}
+                out.update((*path, "v:" + jsonutil.dumps(item).decode()) for item in value)
             else:
                 for item in value:
                     if isinstance(item, dict):
                         item_path = (*path, _key_element(item, key))
                         out.add(item_path)
-                        out |= field_set(item, item_path, name, status)
+                        _collect_fields(item, item_path, status, out)
         else:
             out.add(path)
-    return out
 
 
 def to_fields_v1(paths: set[Path]) -> dict[str, Any]:
@@ -88,27 +98,135 @@ def from_fields_v1(tree: dict[str, Any], prefix: Path = ()) -> set[Path]:
 def _value_at(obj: Any, path: Path) -> tuple[bool, Any]:
     node = obj
     for element in path:
-        kind, _, rest = element.partition(":")
-        if kind == "f":
-            if not isinstance(node, dict) or rest not in node:
-                return False, None
-            node = node[rest]
-        elif kind == "k":
-            if not isinstance(node, list):
-                return False, None
-            want = jsonutil.loads(rest)
-            match = [i for i in node if isinstance(i, dict) and all(i.get(k) == v for k, v in want.items())]
-            if not match:
-                return False, None
-            node = match[0]
-        elif kind == "v":
-            if not isinstance(node, list):
-                return False, None
-            value = jsonutil.loads(rest)
-            return (value in node), value
-        else:
-            return False, None
+        found, node = _step(node, element)
+        if not found or element[0] == "v":
+            return found, node
     return True, node
+
+
+def _step(node: Any, element: str) -> tuple[bool, Any]:
+    """One element of a path from ``node``: (found, value); for "v:" the value is the member, found its presence."""
+    kind, _, rest = element.partition(":")
+    if kind == "f":
+        if not isinstance(node, dict) or rest not in node:
+            return False, None
+        return True, node[rest]
+    if kind == "k":
+        if not isinstance(node, list):
+            return False, None
+        want = _parse_element(rest)  # read only here: the cached value itself
+        for i in node:
+            if isinstance(i, dict) and all(i.get(k) == v for k, v in want.items()):
+                return True, i
+        return False, None
+    if kind == "v":
+        if not isinstance(node, list):
+            return False, None
+        value = _parse_element(rest)
+        if isinstance(value, (dict, list)):
+            value = jsonutil.copy_json(value)  # handed to the caller: not the cached one
+        return (value in node), value
+    return False, None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_element(rest: str) -> Any:
+    """The JSON after "k:" or "v:" (cached: the same list items come up in every write of an object)."""
+    return jsonutil.loads(rest)
+
+
+_ABSENT = object()
+
+
+def _differing_field_sets(new: dict[str, Any], old: dict[str, Any], status: bool) -> tuple[set[Path], set[Path]]:
+    """``field_set(new)`` and ``field_set(old)``, less the paths under the fields (top level, and metadata's) that
+    are the same JSON on both sides: those hold the same paths on both sides, so they change neither what is gone
+    nor what changed. An update usually rewrites one part of an object (its spec, or its status), so this skips
+    most of the walk."""
+    new_out: set[Path] = set()
+    old_out: set[Path] = set()
+    for name in _union_keys(new, old):
+        if name in IGNORED_ROOT or (name == "status" and not status):
+            continue
+        a, b = new.get(name, _ABSENT), old.get(name, _ABSENT)
+        if name == "metadata" and isinstance(a, dict) and isinstance(b, dict) and a and b:  # ({} is a leaf)
+            for field in _union_keys(a, b):
+                if field not in IGNORED_METADATA:
+                    _collect_unless_same(field, a.get(field, _ABSENT), b.get(field, _ABSENT), ("f:metadata",),
+                                         status, new_out, old_out)
+        else:
+            _collect_unless_same(name, a, b, (), status, new_out, old_out)
+    return new_out, old_out
+
+
+def _union_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return [*a, *(k for k in b if k not in a)]
+
+
+def _collect_unless_same(name: str, a: Any, b: Any, prefix: Path, status: bool, new_out: set[Path],
+                         old_out: set[Path]) -> None:
+    if a is b or _same_json(a, b):
+        return
+    if a is not _ABSENT:
+        _collect_fields({name: a}, prefix, status, new_out)
+    if b is not _ABSENT:
+        _collect_fields({name: b}, prefix, status, old_out)
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Byte-for-byte the same JSON: stricter than ==, for which 1 == 1.0 == True although their paths differ."""
+    if a is _ABSENT or b is _ABSENT or type(a) is not type(b):
+        return False
+    try:
+        return jsonutil.dumps(a) == jsonutil.dumps(b)
+    except TypeError:
+        return False
+
+
+def _changed_fields(old: dict[str, Any], new: dict[str, Any], paths: set[Path], status: bool) -> set[Path]:
+    """The paths of ``paths`` (restricted to status, or to everything but status) whose value differs between
+    ``old`` and ``new``: ``_value_at(old, p) != _value_at(new, p)``.
+
+    Values are looked up once per prefix, and a path is unchanged as soon as one of its prefixes holds equal values
+    on both sides (everything below an equal subtree is equal), so an update compares a handful of subtrees instead
+    of walking every field from the root twice."""
+    changed: set[Path] = set()
+    olds: dict[Path, tuple[bool, Any]] = {(): (True, old)}
+    news: dict[Path, tuple[bool, Any]] = {(): (True, new)}
+    same: dict[Path, bool] = {}
+    for path in paths:
+        if (path[0] == "f:status") is not status:
+            continue
+        differs = True
+        for i in range(1, len(path) + 1):
+            prefix = path[:i]
+            equal = same.get(prefix)
+            if equal is None:
+                a = _memo_value(old, prefix, olds)
+                b = _memo_value(new, prefix, news)
+                equal = same[prefix] = a == b
+            if equal:
+                differs = False
+                break
+        if differs:
+            changed.add(path)
+    return changed
+
+
+def _memo_value(obj: Any, path: Path, memo: dict[Path, tuple[bool, Any]]) -> tuple[bool, Any]:
+    """``_value_at(obj, path)``, from the memoised value of its parent path."""
+    value = memo.get(path)
+    if value is None:
+        parent_path = path[:-1]
+        parent = _memo_value(obj, parent_path, memo)
+        if parent_path and parent_path[-1].partition(":")[0] == "v":
+            value = parent  # _value_at stops at a "v:" element
+        elif not parent[0]:
+            value = (False, None)
+        else:
+            value = _step(parent[1], path[-1])
+        memo[path] = value
+    return value
 
 
 def _remove_path(obj: Any, path: Path) -> None:
@@ -187,32 +305,85 @@ def record_update(new: dict[str, Any], old: dict[str, Any] | None, manager: str 
                 new["metadata"].pop("managedFields")
         return
     status = subresource == "status"
-    new_fields = field_set(new, status=status)
     if old is None:
-        changed = new_fields
-        entries: list[Entry] = []
+        changed = {p for p in field_set(new, status=status) if (p[0] == "f:status") is status}
+        if changed:
+            mine = Entry(manager, "Update", new.get("apiVersion", ""), jsonutil.now_rfc3339(), changed, subresource)
+            new["metadata"]["managedFields"] = [mine.to_dict()]
+        else:
+            new["metadata"].pop("managedFields", None)
+        return
+    new_fields, old_fields = _differing_field_sets(new, old, status)
+    changed = _changed_fields(old, new, new_fields, status)
+    gone = old_fields - new_fields
+    taken = gone | changed  # what every other manager loses
+    identity = (manager, "Update", subresource)
+    kept: list[dict[str, Any]] = []
+    found_mine = False
+    # Each manager's entry is decoded and re-encoded only if this write changes its fields; the others (most of them,
+    # on a typical update) are kept as they were stored, which is what re-encoding them would give.
+    for d in (old.get("metadata") or {}).get("managedFields") or []:
+        if not isinstance(d, dict):
+            continue
+        own = (d.get("manager", ""), d.get("operation", "Update"), d.get("subresource", "")) == identity
+        tree = d.get("fieldsV1") or {}
+        lost = gone if own else taken
+        first_own = own and not found_mine
+        found_mine = found_mine or own
+        gains = first_own and bool(changed)
+        if not any(_tree_has(tree, p) for p in lost):
+            if not gains:
+                if any(e != "." for e in tree):  # its decoded field set is not empty
+                    normal = _normalized(tree)
+                    kept.append(d if normal is tree else {**d, "fieldsV1": normal})
+                continue
+            if all(_tree_has(tree, p) for p in changed):
+                kept.append({**d, "time": jsonutil.now_rfc3339(), "fieldsV1": _normalized(tree)})
+                continue
+        e = Entry.from_dict(d)
+        e.fields -= lost
+        if gains:
+            e.fields |= changed
+            e.time = jsonutil.now_rfc3339()
+        if e.fields:
+            kept.append(e.to_dict())
+    if changed and not found_mine:
+        kept.append(Entry(manager, "Update", new.get("apiVersion", ""), jsonutil.now_rfc3339(), changed,
+                          subresource).to_dict())
+    if kept:
+        new["metadata"]["managedFields"] = kept
     else:
-        entries = _entries(old)
-        changed = {p for p in new_fields if _value_at(old, p) != _value_at(new, p)}
-        gone = field_set(old, status=status) - new_fields
-        for e in entries:
-            e.fields -= gone
-    if status:
-        changed = {p for p in changed if p and p[0] == "f:status"}
-    else:
-        changed = {p for p in changed if not p or p[0] != "f:status"}
-    for e in entries:
-        if (e.manager, e.operation, e.subresource) != (manager, "Update", subresource):
-            e.fields -= changed
-    mine = next((e for e in entries if (e.manager, e.operation, e.subresource) == (manager, "Update", subresource)),
-                None)
-    if changed:
-        if mine is None:
-            mine = Entry(manager, "Update", new.get("apiVersion", ""), jsonutil.now_rfc3339(), set(), subresource)
-            entries.append(mine)
-        mine.fields |= changed
-        mine.time = jsonutil.now_rfc3339()
-    _store_entries(new, entries)
+        new["metadata"].pop("managedFields", None)
+
+
+def _normalized(tree: dict[str, Any]) -> dict[str, Any]:
+    """``to_fields_v1(from_fields_v1(tree))`` for a tree that to_fields_v1 wrote, without decoding it: the same tree,
+    except that a "k:"/"v:" node without its "." (another manager took the item, not its fields) decodes as owned
+    and so gets its "." back. Returns ``tree`` itself when nothing changes."""
+    out: dict[str, Any] | None = None
+    for key, child in tree.items():
+        if not isinstance(child, dict):
+            continue
+        fixed = _normalized(child) if child else child
+        if "." not in fixed and key.startswith(("k:", "v:")):
+            fixed = {".": {}, **fixed}
+        if fixed is not child:
+            if out is None:
+                out = dict(tree)
+            out[key] = fixed
+    return tree if out is None else out
+
+
+def _tree_has(tree: dict[str, Any], path: Path) -> bool:
+    """Whether ``path`` is in ``from_fields_v1(tree)``, without decoding the whole tree."""
+    node: Any = tree
+    for element in path:
+        if element == "." or not isinstance(node, dict):
+            return False
+        node = node.get(element)
+        if node is None:
+            return False
+    return not node or path[-1].startswith(("k:", "v:")) or "." in node
 
 
 def apply(current: dict[str, Any] | None, applied: dict[str, Any], manager: str, force: bool, custom: bool,
@@ -221,12 +392,12 @@ def apply(current: dict[str, Any] | None, applied: dict[str, Any], manager: str,
     if not manager:
         raise ApiError(400, "BadRequest", "PATCH, fieldManager: Required value: is required for apply patch")
     status = subresource == "status"
-    applied = copy.deepcopy(applied)
+    applied = jsonutil.copy_json(applied)
     applied.get("metadata", {}).pop("managedFields", None)
     new_fields = field_set(applied, status=status)
     if status:
         new_fields = {p for p in new_fields if p and p[0] == "f:status"}
-    base = copy.deepcopy(current) if current is not None else {}
+    base = jsonutil.copy_json(current) if current is not None else {}
     entries = _entries(base) if current is not None else []
     mine = next((e for e in entries if (e.manager, e.operation, e.subresource) == (manager, "Apply", subresource)),
                 None)

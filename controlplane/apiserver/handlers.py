@@ -8,15 +8,16 @@ time. Every error leaves here as a Status object.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from starlette.requests import Request
+from starlette.datastructures import QueryParams
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from controlplane.apiserver import errors, fieldmanager, jsonutil, patch, protobuf, tables
@@ -93,20 +94,39 @@ _JSON_BODIES = frozenset({JSON, patch.MERGE_PATCH, patch.JSON_PATCH, patch.STRAT
 _YAML_BODIES = frozenset({"application/yaml", patch.APPLY_PATCH, "text/yaml"})
 
 
+def _header(request: Request, name: bytes) -> str | None:
+    """``request.headers.get(name)`` for a lower-case name (ASGI servers lower-case header names), without building
+    Starlette's Headers: a write looks up three or four headers."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 async def read_body(request: Request) -> Any:
-    length = request.headers.get("content-length")
+    length = _header(request, b"content-length")
     if length and length.isdigit() and int(length) > MAX_BODY:
         raise errors.too_large()
+    # The ASGI messages read directly (what Request.stream() does, less its async generator).
+    receive = request.receive
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise errors.too_large()
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                if size > MAX_BODY:
+                    raise errors.too_large()
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+    raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if not raw.strip():
         return None
-    ctype = (request.headers.get("content-type") or JSON).split(";", 1)[0].strip().lower()
+    ctype = (_header(request, b"content-type") or JSON).split(";", 1)[0].strip().lower()
     if ctype == protobuf.MEDIA_TYPE:
         # kubectl's typed generators send protobuf; decode to the same dicts the JSON path yields.
         try:
@@ -142,9 +162,48 @@ def _dry_run(query: Any) -> bool:
     return bool(values)
 
 
+_NO_QUERY = QueryParams()
+
+
+class _ApiRequest(Request):
+    """A Request whose empty query string (most writes and gets) shares one empty QueryParams instead of parsing."""
+
+    @property
+    def query_params(self) -> QueryParams:
+        if not self.scope["query_string"]:
+            return _NO_QUERY
+        return super().query_params
+
+
+# Methods the resource routes accept (HEAD rides along with GET, as Starlette adds it); any other is a 405 Status.
+_RESOURCE_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+
+
 class ApiHandlers:
     def __init__(self, state: ServerState) -> None:
         self.state = state
+
+    @staticmethod
+    def resource_path(path: str) -> tuple[str, str, str] | None:
+        """(group, version, rest) when ``path`` is one the REST handlers serve — what the routes
+        `/api/v1/{path:path}` and `/apis/{group}/{version}/{path:path}` match — else None."""
+        if path.startswith("/api/v1/"):
+            return "", "v1", path[8:]
+        if path.startswith("/apis/"):
+            parts = path[6:].split("/", 2)
+            if len(parts) == 3 and parts[0] and parts[1]:
+                return parts[0], parts[1], parts[2]
+        return None
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send, group: str, version: str, path: str) -> None:
+        """A resource request as a plain ASGI app, without Starlette's router and middleware (see app.create_app).
+        `dispatch` answers every error with a Status itself, so nothing here needs the exception middleware."""
+        request = _ApiRequest(scope, receive, send)
+        if scope["method"] in _RESOURCE_METHODS:
+            response = await self.dispatch(request, group, version, path)
+        else:
+            response = error_response(errors.method_not_allowed())
+        await response(scope, receive, send)
 
     async def core(self, request: Request) -> Response:
         return await self.dispatch(request, "", "v1", request.path_params.get("path", ""))
@@ -243,7 +302,7 @@ class ApiHandlers:
     # ---------------------------------------------------------------------------------------------- reads
 
     def _respond(self, request: Request, rt: ResourceType, obj: dict[str, Any], status: int = 200) -> Response:
-        accept = request.headers.get("accept", "")
+        accept = _header(request, b"accept") or ""
         if tables.wants_table(accept):
             include = request.query_params.get("includeObject", "Metadata")
             return json_response(tables.to_table(rt, [obj], {"resourceVersion": obj["metadata"].get(
@@ -259,7 +318,7 @@ class ApiHandlers:
         except ValueError:
             raise errors.bad_request(f"invalid limit: {q.get('limit')!r}") from None
         result = await store.list(t.namespace, labels, fields, max(limit, 0), q.get("continue") or None)
-        accept = request.headers.get("accept", "")
+        accept = _header(request, b"accept") or ""
         if tables.wants_table(accept):
             include = q.get("includeObject", "Metadata")
             return json_response(tables.to_table(t.rt, result["items"], result["metadata"], include,
@@ -291,7 +350,7 @@ class ApiHandlers:
         elif initial_events and rv not in (None, "", "0"):
             raise errors.ApiError(422, "Invalid", "sendInitialEvents with a specific resourceVersion is not supported "
                                   "by this server; use resourceVersion=\"\" or \"0\"")
-        accept = request.headers.get("accept", "")
+        accept = _header(request, b"accept") or ""
         transform = None
         if tables.wants_table(accept):
             include = q.get("includeObject", "Metadata")
@@ -368,7 +427,7 @@ class ApiHandlers:
         manager = q.get("fieldManager")
         if manager is None:
             # As upstream: without an explicit fieldManager, the writer is named by its User-Agent's product.
-            manager = (request.headers.get("user-agent") or "unknown").split("/", 1)[0][:128]
+            manager = (_header(request, b"user-agent") or "unknown").split("/", 1)[0][:128]
         return WriteContext(t.namespace, _dry_run(q), manager, field_validation=validation or "Warn")
 
     async def create(self, request: Request, store: ResourceStore, t: Target) -> Response:
@@ -388,7 +447,7 @@ class ApiHandlers:
 
     async def patch(self, request: Request, store: ResourceStore, t: Target) -> Response:
         ctx = self._ctx(request, t)
-        content_type = request.headers.get("content-type", "")
+        content_type = _header(request, b"content-type") or ""
         media = content_type.split(";", 1)[0].strip().lower()
         if media not in (patch.MERGE_PATCH, patch.JSON_PATCH, patch.STRATEGIC_MERGE_PATCH, patch.APPLY_PATCH):
             raise errors.unsupported_media_type(content_type)
@@ -499,7 +558,7 @@ class ApiHandlers:
             wanted_scale = body
         elif request.method == "PATCH":
             current = self._scale_of(t.rt, await store.get(t.namespace, t.name))
-            content_type = request.headers.get("content-type", "")
+            content_type = _header(request, b"content-type") or ""
             wanted_scale = patch.apply_patch(content_type, current, body, custom=False)
         else:
             raise errors.method_not_allowed()
@@ -511,7 +570,7 @@ class ApiHandlers:
         rv = get_path(wanted_scale, "metadata.resourceVersion")
 
         def compute(old: dict[str, Any]) -> dict[str, Any]:
-            new = copy.deepcopy(old)
+            new = old  # the update's own copy of the object (see ResourceStore._update)
             if not rv:
                 new["metadata"].pop("resourceVersion", None)
             else:

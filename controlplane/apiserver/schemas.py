@@ -8,7 +8,6 @@ Strict/Warn, and the merge keys of strategic merge patch. The file is loaded on 
 
 from __future__ import annotations
 
-import copy
 import functools
 import importlib.util
 import re
@@ -140,41 +139,149 @@ def drop_unknown_fields(obj: Any, schema: dict[str, Any] | None, path: str = "",
 
     With ``mistyped``, the same walk also collects values of the wrong JSON type (a number where a string belongs),
     which upstream's decoder refuses outright whatever `fieldValidation` says; their subtrees are not descended."""
-    schema = resolve(schema)
     dropped: list[str] = []
-    if schema is None or schema.get("x-kubernetes-preserve-unknown-fields"):
-        return dropped
-    if mistyped is not None:
-        problem = _decode_problem(obj, schema, path[1:] or "<root>")
-        if problem is not None:
-            mistyped.append(problem)
-            return dropped
-    if isinstance(obj, dict):
-        if _is_open(schema):
-            return dropped
-        props = schema.get("properties") or {}
-        extra = schema.get("additionalProperties")
-        for key in list(obj):
-            if key in props:
-                dropped += drop_unknown_fields(obj[key], props[key], f"{path}.{key}", mistyped)
-            elif isinstance(extra, dict):
-                dropped += drop_unknown_fields(obj[key], extra, f"{path}.{key}", mistyped)
-            elif extra is not True:
-                del obj[key]
-                dropped.append(f"{path}.{key}")
-    elif isinstance(obj, list):
-        item_schema = schema.get("items")
-        if isinstance(item_schema, dict):
-            for i, value in enumerate(obj):
-                dropped += drop_unknown_fields(value, item_schema, f"{path}[{i}]", mistyped)
+    _check_value(_node(schema), obj, path, mistyped, dropped, True)
     return dropped
 
 
 def type_errors(obj: Any, schema: dict[str, Any] | None) -> list[str]:
     """The values of ``obj`` Go's decoder would refuse for their type, without changing ``obj``."""
     mistyped: list[str] = []
-    drop_unknown_fields(copy.deepcopy(obj), schema, mistyped=mistyped)
+    _check_value(_node(schema), obj, "", mistyped, [], False)
     return mistyped
+
+
+# Every write walks its body against the kind's schema, so the walk runs on a compiled form of each schema node:
+# what `_decode_problem` checks is reduced to a set of Python types that certainly decode (anything else takes the
+# exact, slow check, which also words the error), and children are compiled on first use. Nodes of named
+# definitions are shared by every schema that references them.
+
+_FITS: dict[str, tuple[type, ...]] = {"string": (str,), "boolean": (bool,), "integer": (int,), "number": (int, float),
+                                      "object": (dict,), "array": (list,), "null": ()}
+
+
+class _Node:
+    __slots__ = ("extra", "extra_node", "fits", "items", "items_node", "kids", "open", "props", "schema", "skip",
+                 "strings")
+
+    def __init__(self, schema: dict[str, Any] | None) -> None:
+        self.schema = schema
+        self.skip = schema is None or bool(schema.get("x-kubernetes-preserve-unknown-fields"))
+        self.fits: frozenset[type] | None = None  # None: every value decodes as far as its type goes
+        self.strings = False  # strings need the exact check (Quantity grammar, RFC 3339 times)
+        self.open = True
+        self.props: dict[str, Any] = {}
+        self.kids: dict[str, _Node] = {}
+        self.extra: Any = None
+        self.extra_node: _Node | None = None
+        self.items: Any = None
+        self.items_node: _Node | None = None
+        if schema is None or self.skip:
+            return
+        allowed = _allowed(schema)
+        if allowed is None:
+            alternatives = schema.get("oneOf")
+            if isinstance(alternatives, list) and alternatives:
+                allowed = [t for alt in alternatives if isinstance(alt, dict) for t in (_allowed(alt) or [])] or None
+        if allowed is not None:
+            # A type name outside JSON's (none in practice) leaves its values to the exact check.
+            self.fits = frozenset(t for name in allowed for t in _FITS.get(name, ()))
+        self.strings = schema is definitions().get(_QUANTITY_DEF) or schema.get("format") == "date-time"
+        self.open = _is_open(schema)
+        self.props = schema.get("properties") or {}
+        self.extra = schema.get("additionalProperties")
+        if isinstance(self.extra, dict):
+            self.extra_node = _node(self.extra)
+        items = schema.get("items")
+        self.items = items if isinstance(items, dict) else None
+
+    def child(self, key: str) -> _Node | None:
+        """The node for field ``key``: declared, additional, or None when the field is unknown."""
+        node = self.kids.get(key)
+        if node is None:
+            if key in self.props:
+                node = self.kids[key] = _node(self.props[key])
+            else:
+                return self.extra_node
+        return node
+
+    def item_node(self) -> _Node | None:
+        if self.items_node is None and self.items is not None:
+            self.items_node = _node(self.items)
+        return self.items_node
+
+
+_DEFINITION_NODES: dict[str, _Node] = {}
+_INLINE_NODES: dict[int, _Node] = {}  # roots passed in directly (a kind's definition, a CRD's schema), by identity
+_NONE = _Node(None)
+
+
+def _node(schema: dict[str, Any] | None) -> _Node:
+    if schema is None:
+        return _NONE
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith(_REF):
+        name = ref[len(_REF):]
+        node = _DEFINITION_NODES.get(name)
+        if node is None:
+            node = _DEFINITION_NODES[name] = _Node(definitions().get(name))
+        return node
+    node = _INLINE_NODES.get(id(schema))
+    if node is None or node.schema is not schema:
+        if len(_INLINE_NODES) >= 1024:  # replaced CRD schemas must not pile up
+            _INLINE_NODES.clear()
+        node = _INLINE_NODES[id(schema)] = _Node(schema)
+    return node
+
+
+def _check_value(node: _Node, obj: Any, path: str, mistyped: list[str] | None, dropped: list[str],
+                 drop: bool) -> None:
+    """One value at ``path`` against its node: type (with ``mistyped``), then unknown fields below it."""
+    if node.skip:
+        return
+    if mistyped is not None and obj is not None:
+        fits = node.fits
+        if (fits is not None and type(obj) not in fits) or (node.strings and type(obj) is str):
+            problem = _decode_problem(obj, node.schema, path[1:] or "<root>")  # type: ignore[arg-type]
+            if problem is not None:
+                mistyped.append(problem)
+                return
+    if isinstance(obj, (dict, list)):
+        _walk(node, obj, path, mistyped, dropped, drop)
+
+
+def _walk(node: _Node, obj: dict[str, Any] | list[Any], path: str, mistyped: list[str] | None,
+          dropped: list[str], drop: bool) -> None:
+    if isinstance(obj, dict):
+        if node.open:
+            return
+        keep_unknown = node.extra is True
+        for key in list(obj):
+            child = node.child(key)
+            if child is None:
+                if not keep_unknown:
+                    if drop:
+                        del obj[key]
+                    dropped.append(f"{path}.{key}")
+                continue
+            if child.skip:
+                continue
+            value = obj[key]
+            if mistyped is not None and value is not None:
+                fits = child.fits
+                if (fits is not None and type(value) not in fits) or (child.strings and type(value) is str):
+                    problem = _decode_problem(value, child.schema, f"{path}.{key}"[1:])  # type: ignore[arg-type]
+                    if problem is not None:
+                        mistyped.append(problem)
+                        continue
+            if isinstance(value, (dict, list)):
+                _walk(child, value, f"{path}.{key}", mistyped, dropped, drop)
+    else:
+        item = node.item_node()
+        if item is None or item.skip:
+            return
+        for i, value in enumerate(obj):
+            _check_value(item, value, f"{path}[{i}]", mistyped, dropped, drop)
 
 
 def definition(name: str) -> dict[str, Any] | None:

@@ -16,6 +16,8 @@ TABLE_MEDIA = "as=Table"
 
 def wants_table(accept: str) -> bool:
     """True when the first acceptable media type asks for a meta.k8s.io Table."""
+    if "Table" not in accept:  # nearly every request (and every write)
+        return False
     for part in accept.split(","):
         params = {p.split("=", 1)[0].strip(): p.split("=", 1)[1].strip() for p in part.split(";")[1:] if "=" in p}
         if params.get("as") == "Table" and params.get("g") == "meta.k8s.io" and params.get("v") in ("v1", "v1beta1"):

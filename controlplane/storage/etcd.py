@@ -45,7 +45,8 @@ _DELETE = kv_pb2.Event.DELETE
 
 # Ask members to refuse requests while they know they have no leader (etcd's "require leader"), so a member cut
 # off from the quorum fails fast and we move on, instead of queueing our request until it times out.
-_METADATA = (("hasleader", "true"),)
+# Built once: given a tuple, grpc.aio converts it to a Metadata object on every call.
+_METADATA = grpc.aio.Metadata(("hasleader", "true"))
 
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # Loopback and cluster-internal endpoints must never be sent through an HTTP proxy from the environment.

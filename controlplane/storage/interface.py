@@ -173,21 +173,40 @@ class GuardedCreate(Protocol):
         ...
 
 
-async def guaranteed_update(store: Store, key: str, try_update: TryUpdate, *, max_attempts: int = 0) -> KeyValue:
+async def guaranteed_update(store: Store, key: str, try_update: TryUpdate, *, max_attempts: int = 0,
+                            suggestion: KeyValue | None = None) -> KeyValue:
     """The one way to change an existing value: read, let ``try_update`` compute the new value, compare-and-swap;
-    on a conflict read again and retry. ``max_attempts`` 0 retries until it succeeds."""
+    on a conflict read again and retry. ``max_attempts`` 0 retries until it succeeds.
+
+    ``suggestion`` is a value of ``key`` the caller saw recently (upstream's cachedExistingObject): the first
+    attempt starts from it instead of reading, which saves a round trip on a remote store when it is still current.
+    Only a successful compare-and-swap proves that it was, so an attempt on a suggestion that fails, or that writes
+    nothing, is repeated on the value read from the store, and only what happens there is returned or raised."""
     attempt = 0
-    current = await store.get(key)
+    current = suggestion
+    fresh = current is None
+    if current is None:
+        current = await store.get(key)
     while True:
-        attempt += 1
-        new_value = try_update(current)
-        if inspect.isawaitable(new_value):
-            new_value = await new_value
+        if fresh:
+            attempt += 1
+        try:
+            new_value = try_update(current)
+            if inspect.isawaitable(new_value):
+                new_value = await new_value
+        except Exception:
+            if fresh:
+                raise
+            current, fresh = await store.get(key), True
+            continue
         if new_value is None or new_value == current.value:
-            return current
+            if fresh:
+                return current
+            current, fresh = await store.get(key), True
+            continue
         try:
             return await store.update(key, new_value, current.revision)
         except ConflictError:
-            if max_attempts and attempt >= max_attempts:
+            if fresh and max_attempts and attempt >= max_attempts:
                 raise
-            current = await store.get(key)
+            current, fresh = await store.get(key), True
