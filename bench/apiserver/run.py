@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as _dt
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import signal
@@ -41,6 +39,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench import procstats  # noqa: E402
 
 import rawhttp
 
@@ -794,27 +794,9 @@ async def bench_startup(s: Settings, tmp: Path, results: Results) -> None:
 
 
 def machine() -> dict[str, str]:
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem_kib = 0
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            mem_kib = int(line.split()[1])
     # wrk -v prints its version and exits 1.
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False).stdout.split("\n")[0]
-    return {
-        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "ram": f"{mem_kib / 1024 / 1024:.1f} GiB",
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "wrk": wrk_version.strip(),
-        "loadavg": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
-    }
+    return {**procstats.machine(), "wrk": wrk_version.strip()}
 
 
 def print_table(results: Results, info: dict[str, str], seconds: float) -> None:

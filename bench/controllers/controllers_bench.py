@@ -26,12 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import logging
 import os
-import platform
-import resource
 import signal
 import subprocess
 import sys
@@ -46,6 +43,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+from bench.procstats import cpu_seconds, loadavg, machine, peak_rss_mb  # noqa: E402
 
 from controlplane.client import DEPLOYMENTS, PODS, ApiClient  # noqa: E402
 from controlplane.client.watch import ResumableWatcher  # noqa: E402
@@ -63,44 +62,6 @@ TARGET_FACTOR = 10.0  # the target: 50 Deployments/s, i.e. 1000 Deployments in 2
 # ---------------------------------------------------------------------------------------------------------------
 # measuring processes
 # ---------------------------------------------------------------------------------------------------------------
-
-def cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU time of this process or of ``pid``."""
-    if pid is None:
-        return time.process_time()
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mb(pid: int | None = None) -> float:
-    if pid is None:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    mem_kib = 0
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            mem_kib = int(line.split()[1])
-    return {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "nproc": str(os.cpu_count()),
-            "cpu": cpu, "ram": f"{mem_kib / 1024 / 1024:.1f} GiB", "python": platform.python_version(),
-            "kernel": platform.release(), "loadavg": loadavg()}
-
 
 class Component:
     """One process of the cluster, its output in a log file under the run's directory."""

@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 import os
-import resource
 import signal
 import statistics
 import subprocess
@@ -32,31 +31,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench.procstats import cpu_seconds, peak_rss_mb, stop
 from controlplane.client import PODS, ApiClient
 from controlplane.client.watch import watch
 from controlplane.kubelet.config import KubeletOptions, NodeConfig
 from controlplane.kubelet.pool import KubeletPool
 from controlplane.kubelet.runtimes import node_runtime
-
-
-def peak_rss_mb(pid: int | None = None) -> float:
-    if pid is None:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_seconds(pid: int | None = None) -> float:
-    """CPU time (user + system) of this process or of ``pid``: unlike wall time, it does not depend on what else
-    the machine runs."""
-    if pid is None:
-        return time.process_time()
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_apiserver(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -230,22 +210,10 @@ async def run(nodes: int, pods: int, concurrency: int, workers: int, rate: float
         result["peak_rss_total_mb"] = sum(v for k, v in result.items() if k.endswith("_peak_rss_mb"))
     finally:
         if scheduler is not None:
-            scheduler.send_signal(signal.SIGTERM)
-            try:
-                scheduler.wait(30)
-            except subprocess.TimeoutExpired:
-                scheduler.kill()
+            stop(scheduler)
         if pool is not None:
-            pool.send_signal(signal.SIGTERM)
-            try:
-                pool.wait(60)
-            except subprocess.TimeoutExpired:
-                pool.kill()
-        apiserver.send_signal(signal.SIGTERM)
-        try:
-            apiserver.wait(30)
-        except subprocess.TimeoutExpired:
-            apiserver.kill()
+            stop(pool, 60)
+        stop(apiserver)
     return result
 
 
