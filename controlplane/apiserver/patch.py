@@ -9,11 +9,11 @@ merge patch, as upstream does.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from controlplane.apiserver import schemas
 from controlplane.apiserver.errors import bad_request, unsupported_media_type
+from controlplane.apiserver.jsonutil import copy_json
 
 Schema = dict[str, Any] | None
 
@@ -52,7 +52,7 @@ PORT_KEYS = ("containerPort", "port")
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return copy_json(patch)
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
@@ -68,7 +68,8 @@ def json_patch(target: Any, patch: Any) -> Any:
     if not isinstance(patch, list):
         raise bad_request("json: cannot unmarshal object into Go value of type jsonpatch.Patch")
     try:
-        return jsonpatch.JsonPatch(patch).apply(target)
+        # in place: the caller passes a copy (jsonpatch would otherwise deep-copy the object once more)
+        return jsonpatch.JsonPatch(patch).apply(target, in_place=True)
     except jsonpatch.JsonPatchConflict as exc:
         raise _unprocessable(str(exc)) from exc
     except jsonpatch.JsonPatchTestFailed as exc:
@@ -93,7 +94,7 @@ def strategic_merge_patch(target: Any, patch: Any, schema: Schema = None) -> Any
 def _smp_map(target: dict[str, Any], patch: dict[str, Any], schema: Schema = None) -> dict[str, Any]:
     directive = patch.get("$patch")
     if directive == "replace":
-        return {k: copy.deepcopy(v) for k, v in patch.items() if k != "$patch"}
+        return {k: copy_json(v) for k, v in patch.items() if k != "$patch"}
     if directive == "delete":
         return {}
     result = dict(target)
@@ -117,7 +118,7 @@ def _smp_map(target: dict[str, Any], patch: dict[str, Any], schema: Schema = Non
             result[key] = _smp_list(key, current if isinstance(current, list) else [], value,
                                     schemas.child(schema, key) if schema is not None else None)
         else:
-            result[key] = copy.deepcopy(value)
+            result[key] = copy_json(value)
     for key, value in patch.items():
         if key.startswith("$deleteFromPrimitiveList/"):
             field = key.split("/", 1)[1]
@@ -142,8 +143,8 @@ def _smp_list(field: str, current: list[Any], patch: list[Any], schema: Schema =
     item_schema = schemas.items(schema) if schema is not None else None
     if key is None:
         if any(isinstance(p, dict) and p.get("$patch") == "replace" for p in patch):
-            return [copy.deepcopy(p) for p in patch if not (isinstance(p, dict) and "$patch" in p)]
-        return copy.deepcopy(patch)
+            return [copy_json(p) for p in patch if not (isinstance(p, dict) and "$patch" in p)]
+        return copy_json(patch)
     if key == "":  # a merged set of primitives
         merged = list(current)
         for item in patch:
@@ -151,8 +152,8 @@ def _smp_list(field: str, current: list[Any], patch: list[Any], schema: Schema =
                 merged.append(item)
         return merged
     if any(isinstance(p, dict) and p.get("$patch") == "replace" for p in patch):
-        return [copy.deepcopy(p) for p in patch if not (isinstance(p, dict) and "$patch" in p)]
-    result = [copy.deepcopy(c) for c in current]
+        return [copy_json(p) for p in patch if not (isinstance(p, dict) and "$patch" in p)]
+    result = [copy_json(c) for c in current]
     index = {c.get(key): i for i, c in enumerate(result) if isinstance(c, dict)}
     removed: set[Any] = set()
     for item in patch:
@@ -177,7 +178,7 @@ def apply_patch(content_type: str, target: dict[str, Any], patch: Any, custom: b
     if media == MERGE_PATCH:
         result = merge_patch(target, patch)
     elif media == JSON_PATCH:
-        result = json_patch(copy.deepcopy(target), patch)
+        result = json_patch(copy_json(target), patch)
     elif media == STRATEGIC_MERGE_PATCH:
         if custom:
             raise unsupported_media_type(content_type)
