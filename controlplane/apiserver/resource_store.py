@@ -388,12 +388,26 @@ class ResourceStore:
         if mistyped:
             raise self._undecodable(mistyped)
 
-    def _check_fields(self, obj: dict[str, Any], ctx: WriteContext) -> None:
-        """Drop fields the schema does not know, as upstream's decoder does; report them per fieldValidation."""
+    def _check_fields(self, obj: dict[str, Any], ctx: WriteContext, stored: dict[str, Any] | None = None) -> None:
+        """Drop fields the schema does not know, as upstream's decoder does; report them per fieldValidation.
+
+        ``stored``: the object as stored before this write (a patch's target). Top-level fields equal to it passed
+        this check when they were written, so only the others are walked: a pod status patch walks the status,
+        not the whole pod. Not for custom resources, whose schema may have changed since.
+        """
         schema = self.schema
         if schema is None:
             return
         mistyped: list[str] = []
+        if stored is not None and getattr(self.strategy, "schema", None) is None:
+            changed = {k: v for k, v in obj.items() if k not in stored or stored[k] != v}
+            dropped = schemas.drop_unknown_fields(changed, schema, mistyped=mistyped)
+            for key in [k for k in obj if k not in changed and (k not in stored or stored[k] != obj[k])]:
+                del obj[key]
+            for key, value in changed.items():
+                obj[key] = value
+            self._report_fields(dropped, mistyped, ctx)
+            return
         if getattr(self.strategy, "schema", None) is not None:
             # A CRD schema rarely declares apiVersion/kind/metadata; those are always allowed at the root.
             body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
@@ -402,6 +416,9 @@ class ResourceStore:
                 del obj[key]
         else:
             dropped = schemas.drop_unknown_fields(obj, schema, mistyped=mistyped)
+        self._report_fields(dropped, mistyped, ctx)
+
+    def _report_fields(self, dropped: list[str], mistyped: list[str], ctx: WriteContext) -> None:
         if mistyped:
             # Upstream cannot even decode such a body into its typed object: a 400 whatever fieldValidation says,
             # and never a strategy tripping over a number where it expects a string.
@@ -481,7 +498,9 @@ class ResourceStore:
         def compute(old: dict[str, Any]) -> dict[str, Any]:
             new = self._check_body(patcher(old), namespace, name)
             ctx.warnings.clear()  # a retried compare-and-swap must not repeat the warnings
-            self._check_fields(new, ctx)
+            # The patchers of patch.py and fieldmanager.apply return a new object and leave `old` as stored; one
+            # that changes `old` in place (the scale subresource) gets the whole object checked.
+            self._check_fields(new, ctx, stored=old if new is not old else None)
             return new
 
         return await self._update(namespace, name, compute, ctx, subresource, None, rv_from_result=True)

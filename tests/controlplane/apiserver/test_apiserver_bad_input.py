@@ -278,3 +278,42 @@ def test_verbs_a_kind_does_not_serve_are_not_allowed(http: httpx.Client) -> None
     expect(http.delete("/api/v1/namespaces/default/bindings"), 405, "MethodNotAllowed")
     resources = http.get("/api/v1").json()["resources"]
     assert next(r for r in resources if r["name"] == "bindings")["verbs"] == ["create"]
+
+
+POD_PATH = "/api/v1/namespaces/default/pods"
+
+
+@pytest.mark.parametrize(("subresource", "content_type", "patch"), [
+    ("", "application/merge-patch+json", {"spec": {"bogusField": 1}}),
+    ("", "application/json-patch+json", [{"op": "add", "path": "/spec/bogusField", "value": 1}]),
+    ("", "application/strategic-merge-patch+json", {"spec": {"bogusField": 1}}),
+    ("/status", "application/merge-patch+json", {"status": {"bogusField": 1}}),
+    ("/status", "application/json-patch+json", [{"op": "add", "path": "/status/bogusField", "value": 1}]),
+])
+def test_unknown_fields_a_patch_adds_are_refused_or_dropped(http: httpx.Client, subresource: str,
+                                                            content_type: str, patch: Any) -> None:
+    # A patch only changes part of an object; the unknown-field check must still see what the patch added there.
+    name = f"pf-{'status-' if subresource else ''}{content_type.split('/')[1].split('+')[0]}"
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+           "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+    assert http.post(POD_PATH, json=pod).status_code == 201
+    url = f"{POD_PATH}/{name}{subresource}"
+    strict = http.patch(url, params={"fieldValidation": "Strict"}, content=json.dumps(patch),
+                        headers={"Content-Type": content_type})
+    body = expect(strict, 400, "BadRequest")
+    assert "bogusField" in body["message"]
+    warn = http.patch(url, params={"fieldValidation": "Warn"}, content=json.dumps(patch),
+                      headers={"Content-Type": content_type})
+    assert warn.status_code == 200, warn.text
+    assert "bogusField" in warn.headers.get("warning", "")
+    section = "status" if subresource else "spec"
+    assert "bogusField" not in warn.json()[section]
+
+
+def test_a_patch_with_a_mistyped_value_cannot_be_decoded(http: httpx.Client) -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "typed"},
+           "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+    assert http.post(POD_PATH, json=pod).status_code == 201
+    response = http.patch(f"{POD_PATH}/typed/status", content=json.dumps({"status": {"podIP": 7}}),
+                          headers={"Content-Type": "application/merge-patch+json"})
+    expect(response, 400, "BadRequest")
