@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.procstats import cpu_seconds, loadavg, machine, peak_rss_mb  # noqa: E402
+from bench.simulated_pool import serve_pool  # noqa: E402
 
 from controlplane.client import DEPLOYMENTS, PODS, ApiClient  # noqa: E402
 from controlplane.client.watch import ResumableWatcher  # noqa: E402
@@ -103,28 +104,6 @@ class Component:
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "controlplane.cli", *args]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# the kubelet pool's own process
-# ---------------------------------------------------------------------------------------------------------------
-
-async def serve_pool(url: str, nodes: int, workers: int, data_dir: Path) -> None:
-    """Register the nodes, say so on stdout, run until SIGTERM."""
-    from controlplane.kubelet.config import KubeletOptions, NodeConfig
-    from controlplane.kubelet.pool import KubeletPool
-    from controlplane.kubelet.runtimes import node_runtime
-
-    options = KubeletOptions(data_dir=data_dir / "kubelet", sync_workers=workers, max_images_in_status=0)
-    pool = KubeletPool(url, [node_runtime("simulated", NodeConfig(f"node-{i}"), data_dir, i) for i in range(nodes)],
-                       options, own_runtimes=True)
-    began = time.perf_counter()
-    await pool.start()
-    print(f"ready {time.perf_counter() - began:.2f}", flush=True)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await pool.stop()
 
 
 # ---------------------------------------------------------------------------------------------------------------

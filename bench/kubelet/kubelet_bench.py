@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,11 +31,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.procstats import cpu_seconds, peak_rss_mb, stop
+from bench.simulated_pool import serve_pool
 from controlplane.client import PODS, ApiClient
 from controlplane.client.watch import watch
-from controlplane.kubelet.config import KubeletOptions, NodeConfig
-from controlplane.kubelet.pool import KubeletPool
-from controlplane.kubelet.runtimes import node_runtime
 
 
 def start_apiserver(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -76,20 +73,6 @@ def pod(name: str, node: str | None) -> dict:
             "spec": {**spec, "terminationGracePeriodSeconds": 0,
                      "containers": [{"name": "app", "image": "registry.local/app:1",
                                      "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}
-
-
-async def serve_pool(url: str, nodes: int, workers: int, data_dir: Path) -> None:
-    """The pool process: register the nodes, say so on stdout, run until SIGTERM."""
-    options = KubeletOptions(data_dir=data_dir / "kubelet", sync_workers=workers, max_images_in_status=0)
-    pool = KubeletPool(url, [node_runtime("simulated", NodeConfig(f"node-{i}"), data_dir, i)
-                             for i in range(nodes)], options, own_runtimes=True)
-    began = time.perf_counter()
-    await pool.start()
-    print(f"ready {time.perf_counter() - began:.2f}", flush=True)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await pool.stop()
 
 
 def start_pool(url: str, nodes: int, workers: int, data_dir: Path) -> tuple[subprocess.Popen[str], float]:
