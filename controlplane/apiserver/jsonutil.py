@@ -18,20 +18,14 @@ def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
 
 
-_SCALARS = frozenset({str, int, float, bool, type(None)})
-
-
 def copy_json(obj: Any) -> Any:
-    """A deep copy of a JSON-shaped value: dicts, lists and scalars are copied by hand, ~3x faster than
-    copy.deepcopy (no memo, no dispatch per value); anything else (a YAML timestamp, say) by copy.deepcopy."""
-    t = type(obj)
-    if t is dict:
-        return {k: v if type(v) in _SCALARS else copy_json(v) for k, v in obj.items()}
-    if t is list:
-        return [v if type(v) in _SCALARS else copy_json(v) for v in obj]
-    if t in _SCALARS:
-        return obj
-    return copy.deepcopy(obj)
+    """A deep copy of a JSON-shaped value, through orjson (~3x faster than copying dicts by hand, ~7x faster than
+    copy.deepcopy). Anything orjson would not give back as it was (a datetime from a YAML body, say) goes through
+    copy.deepcopy instead."""
+    try:
+        return orjson.loads(orjson.dumps(obj, option=orjson.OPT_PASSTHROUGH_DATETIME))
+    except TypeError:
+        return copy.deepcopy(obj)
 
 
 _last_second: tuple[int, str] = (0, "")

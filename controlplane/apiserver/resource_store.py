@@ -149,11 +149,6 @@ def _omit_empty_metadata(meta: dict[str, Any]) -> None:
             del meta[name]
 
 
-def _copy_stored(obj: dict[str, Any]) -> dict[str, Any]:
-    """A deep copy of an object decoded from the store (so plain JSON): through orjson, ~7x faster than deepcopy."""
-    return jsonutil.loads(jsonutil.dumps(obj))
-
-
 def _spec_part(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
 
@@ -589,7 +584,7 @@ class ResourceStore:
 
     def _prepare_update(self, new: dict[str, Any], old: dict[str, Any], subresource: str | None) -> dict[str, Any]:
         if subresource == "status":
-            merged = _copy_stored(old)
+            merged = jsonutil.copy_json(old)
             merged["status"] = new.get("status")
             if merged["status"] is None:
                 merged.pop("status")
