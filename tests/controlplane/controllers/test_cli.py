@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+from cli_process import ccmkit, stop
 from click.testing import CliRunner
 
 from controlplane.cli import main
 from controlplane.client import LEASES, NAMESPACES, SERVICEACCOUNTS, ApiClient
 
 
-def _ccmkit(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "controlplane.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return proc.returncode, err
-
-
 async def test_controller_manager_subcommand_leads_acts_and_releases(apiserver, client, wait_for):
-    proc = _ccmkit("controller-manager", "--server", apiserver.url, "--controllers", "serviceaccount,namespace",
-                   "--leader-elect-lease-duration", "4s", "--leader-elect-renew-deadline", "3s",
-                   "--leader-elect-retry-period", "500ms", "--option", "concurrent_namespace_syncs=1")
+    proc = ccmkit("controller-manager", "--server", apiserver.url, "--controllers", "serviceaccount,namespace",
+                  "--leader-elect-lease-duration", "4s", "--leader-elect-renew-deadline", "3s",
+                  "--leader-elect-retry-period", "500ms", "--option", "concurrent_namespace_syncs=1")
     try:
         async def holder() -> str | None:
             lease = await client.get(LEASES, "kube-controller-manager", "kube-system")
@@ -44,7 +25,7 @@ async def test_controller_manager_subcommand_leads_acts_and_releases(apiserver, 
         await client.create(NAMESPACES, {"metadata": {"name": "cli-made"}})
         await wait_for(lambda: client.get(SERVICEACCOUNTS, "default", "cli-made"), timeout=30)
     finally:
-        code, err = _stop(proc)
+        code, err = stop(proc)
     assert code == 0, err
     assert f"as {identity} (leader election on)" in err
     assert not await holder(), "SIGTERM is a clean stop: the lease is released"
@@ -61,7 +42,7 @@ def test_bad_flags_fail_with_a_message(apiserver):
 
 
 async def test_up_runs_the_controller_manager(tmp_path: Path, wait_for):
-    proc = _ccmkit("up", "--port", "0", "--store", "memory", "--nodes", "0", "--data-dir", str(tmp_path))
+    proc = ccmkit("up", "--port", "0", "--store", "memory", "--nodes", "0", "--data-dir", str(tmp_path))
     try:
         kubeconfig = tmp_path / "kubeconfig"
         await wait_for(kubeconfig.exists, timeout=60)
@@ -77,5 +58,5 @@ async def test_up_runs_the_controller_manager(tmp_path: Path, wait_for):
 
             await wait_for(namespace_gone, timeout=30)
     finally:
-        code, err = _stop(proc)
+        code, err = stop(proc)
     assert code == 0, err

@@ -8,12 +8,10 @@ collector exists for. Periods are shortened through the controller options, as `
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from typing import Any
+
+from cli_process import ccmkit, stop
 
 from controlplane.client import NODES, PODS, ApiClient
 from controlplane.controllers import select
@@ -186,24 +184,13 @@ async def test_terminating_pods_on_out_of_service_not_ready_nodes_are_force_dele
     assert not alive["metadata"].get("deletionTimestamp"), "only terminating pods are forced out"
 
 
-def _ccmkit(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "controlplane.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
 async def test_controller_manager_flag_sets_the_threshold(apiserver, client, wait_for):
     for name in ("p-1", "p-2", "p-3"):  # same second or not, p-3 is the youngest
         await pod(client, name, phase="Succeeded")
-    proc = _ccmkit("controller-manager", "--server", apiserver.url, "--controllers", "pod-garbage-collector-controller",
-                   "--no-leader-elect", "--terminated-pod-gc-threshold", "1", "--option", "pod_gc_check_period=0.2")
+    proc = ccmkit("controller-manager", "--server", apiserver.url, "--controllers", "pod-garbage-collector-controller",
+                  "--no-leader-elect", "--terminated-pod-gc-threshold", "1", "--option", "pod_gc_check_period=0.2")
     try:
         await wait_for(lambda: _names_are(client, {"p-3"}), timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-    assert proc.returncode == 0, err
+        code, err = stop(proc)
+    assert code == 0, err
