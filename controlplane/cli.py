@@ -118,12 +118,11 @@ def up(data_dir: Path | None, port: int, host: str, store: str, controllers: str
     scheduler = _scheduler_config(scheduler_config, "--scheduler-config") if scheduler_config else None
     enabled = _checked_controllers(controllers)
     # The worker thread also imports what each component's start would otherwise import lazily on the event loop
-    # (which then stalls for tens of ms at a time): the client transport (httpcore, and trio beneath it, when the
-    # first request is sent), Starlette's anyio backend (the API server's first watch), each enabled controller's
-    # module, the kubelet's server and runtime.
+    # (which then stalls for tens of ms at a time): Starlette's anyio backend (the API server's first watch), each
+    # enabled controller's module, the kubelet's server and runtime.
     config.components.append(_deferred(
         "controlplane.scheduler.service", lambda m: m.component_factory(scheduler),
-        also=("httpcore", "anyio._backends._asyncio")))
+        also=("anyio._backends._asyncio",)))
     # One process, one manager: no leader election (nothing to elect against), as k3s runs its controllers.
     config.components.append(_deferred(
         "controlplane.controllers.manager", lambda m: m.component_factory(m.ManagerConfig(controllers=enabled)),

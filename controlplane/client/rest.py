@@ -42,7 +42,8 @@ class ApiClient:
 
     ``config`` may be a URL string. Requests go over ``transport.ConnectionPool`` (keep-alive HTTP/1.1, cheap per
     request); ``transport`` replaces that with an httpx transport (tests use it to inject faults), and a
-    kubeconfig ``proxy-url`` also routes through httpx. Network failures surface as ``httpx.TransportError``;
+    kubeconfig ``proxy-url`` also routes through httpx. ``raw()`` answers with an ``httpx.Response`` either way.
+    Network failures surface as ``httpx.TransportError``;
     answers of 400 and above as ``errors.ApiError`` subclasses.
     """
 
@@ -83,7 +84,7 @@ class ApiClient:
 
     @property
     def _http(self) -> httpx.AsyncClient:
-        """The httpx client, made on first use: for ``raw()``, proxies and injected transports."""
+        """The httpx client, made on first use: for proxies and injected transports."""
         if self._httpx is None:
             cfg = self.config
             self._httpx = httpx.AsyncClient(
@@ -172,11 +173,22 @@ class ApiClient:
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """Any request the verbs below do not cover (pod logs, /healthz, discovery); ApiError on 400 and above."""
+        content_type = None
         if json is not None:
             content = protocol.encode_body(json)
-            headers = {"Content-Type": protocol.JSON, **(headers or {})}
-        kwargs: dict[str, Any] = {"extensions": self._extensions} if self._extensions else {}
-        resp = await self._http.request(method, path, params=params, content=content, headers=headers, **kwargs)
+            content_type = protocol.JSON
+        pool = self._pool
+        if pool is None:
+            extra = {"Content-Type": content_type, **(headers or {})} if content_type else headers
+            kwargs: dict[str, Any] = {"extensions": self._extensions} if self._extensions else {}
+            resp = await self._http.request(method, path, params=params, content=content, headers=extra, **kwargs)
+        else:
+            answer_headers: list[tuple[bytes, bytes]] = []
+            status, body = await pool.request(
+                pool.encode(method, path, params, content, content_type, headers), headers=answer_headers
+            )
+            resp = httpx.Response(status, headers=answer_headers, content=body,
+                                  request=httpx.Request(method, self.config.server + path, params=params))
         if resp.status_code >= 400:
             raise error_from_response(resp.status_code, resp.content)
         return resp

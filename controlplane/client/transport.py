@@ -49,6 +49,7 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = True
         self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
         self.body: list[bytes] = []
+        self.header_sink: list[tuple[bytes, bytes]] | None = None  # the current request's caller wants the headers
         self.stream: StreamResponse | None = None
         self.timer: asyncio.TimerHandle | None = None
 
@@ -81,6 +82,10 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         if self.stream is not None:
             self.stream._headers(self.parser.get_status_code())
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.header_sink is not None:
+            self.header_sink.append((name, value))
 
     def on_body(self, body: bytes) -> None:
         if self.stream is not None:
@@ -115,8 +120,10 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
-    def request(self, data: bytes, timeout: float | None) -> asyncio.Future[tuple[int, bytes]]:
+    def request(self, data: bytes, timeout: float | None,
+                headers: list[tuple[bytes, bytes]] | None = None) -> asyncio.Future[tuple[int, bytes]]:
         self.waiter = self.loop.create_future()
+        self.header_sink = headers
         self.begin(data, timeout)
         return self.waiter
 
@@ -296,13 +303,17 @@ class ConnectionPool:
 
     # -- whole responses ----------------------------------------------------------------------------------------
 
-    async def request(self, data: bytes, timeout: float | None = None) -> tuple[int, bytes]:
-        """Send one encoded request and return (status, body)."""
+    async def request(self, data: bytes, timeout: float | None = None, *,
+                      headers: list[tuple[bytes, bytes]] | None = None) -> tuple[int, bytes]:
+        """Send one encoded request and return (status, body); the answer's headers are appended to ``headers``
+        when a list is given."""
         timeout = self.timeout if timeout is None else timeout
         for attempt in (0, 1):
             conn = await self._acquire(fresh=attempt > 0)
             try:
-                result = await conn.request(data, timeout)
+                if headers is not None:
+                    headers.clear()  # a retried request starts its headers again
+                result = await conn.request(data, timeout, headers)
             except _Stale:
                 self._release(conn, reusable=False)
                 continue

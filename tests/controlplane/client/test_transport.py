@@ -259,6 +259,13 @@ async def test_api_client_over_the_pool_against_the_api_server(apiserver) -> Non
         # Names outside the unreserved set are percent-encoded on the way out, and the server finds nothing.
         with pytest.raises(NotFound):
             await client.get(CONFIGMAPS, "has space", "default")
+        # raw() goes over the pool too, and still answers with an httpx.Response carrying the answer's headers.
+        discovery = await client.raw("GET", "/api")
+        assert discovery.json()["kind"] == "APIVersions"
+        assert discovery.headers["content-type"].startswith("application/json")
+        with pytest.raises(NotFound):
+            await client.raw("GET", "/api/v1/namespaces/default/configmaps/absent")
+        assert client._httpx is None
 
 
 async def test_component_user_agent_names_the_field_manager(apiserver) -> None:
