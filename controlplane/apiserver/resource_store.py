@@ -396,11 +396,11 @@ class ResourceStore:
         mistyped: list[str] = []
         if stored is not None and getattr(self.strategy, "schema", None) is None:
             changed = {k: v for k, v in obj.items() if k not in stored or stored[k] != v}
-            dropped = schemas.drop_unknown_fields(changed, schema, mistyped=mistyped)
-            for key in [k for k in obj if k not in changed and (k not in stored or stored[k] != obj[k])]:
-                del obj[key]
-            for key, value in changed.items():
-                obj[key] = value
+            walked = list(changed)
+            dropped = schemas.drop_unknown_fields(changed, schema, mistyped=mistyped)  # changes `obj`'s values too
+            for key in walked:
+                if key not in changed:  # an unknown top-level field
+                    del obj[key]
             self._report_fields(dropped, mistyped, ctx)
             return
         if getattr(self.strategy, "schema", None) is not None:
