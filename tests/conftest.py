@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import shutil
 import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +40,36 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                                                                  "(apt-get install etcd-server)")]
         params.append(pytest.param(spec, marks=marks, id=spec))
     metafunc.parametrize("apiserver", params, indirect=True)
+
+
+def _dump_asyncio_tasks(test: str) -> None:
+    """Print every task of every running event loop with its stack: pytest-timeout's thread dump only shows a hung
+    async test's loop waiting in select, not which await never returned."""
+    out = sys.__stderr__
+    assert out is not None
+    for loop in [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop)]:
+        if not loop.is_running():
+            continue
+        print(f"\n~~~~~~~~ asyncio tasks of a running loop while {test} is hanging ~~~~~~~~", file=out)
+        for task in list(asyncio.all_tasks(loop)):
+            task.print_stack(limit=12, file=out)
+    out.flush()
+
+
+@pytest.fixture(autouse=True)
+def _dump_tasks_before_timeout(request: pytest.FixtureRequest) -> Iterator[None]:
+    marker = request.node.get_closest_marker("timeout")
+    timeout = float(marker.args[0]) if marker and marker.args else float(request.config.getini("timeout") or 0)
+    if timeout <= 10:
+        yield
+        return
+    timer = threading.Timer(timeout - 5, _dump_asyncio_tasks, args=(request.node.nodeid,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 @pytest.fixture

@@ -205,7 +205,8 @@ class Informer:
     async def wait_for_sync(self, timeout: float | None = None) -> bool:
         """True once the first list is in the cache; False if ``timeout`` seconds pass first."""
         try:
-            await asyncio.wait_for(self._synced.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._synced.wait()
         except TimeoutError:
             return False
         return True

@@ -223,7 +223,8 @@ class StreamResponse:
                 await self._wakeup
             else:
                 try:
-                    await asyncio.wait_for(self._wakeup, self._read_timeout)
+                    async with asyncio.timeout(self._read_timeout):
+                        await self._wakeup
                 except TimeoutError:
                     raise httpx.ReadTimeout("no data from the API server within the read timeout") from None
 

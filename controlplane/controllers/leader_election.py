@@ -163,7 +163,8 @@ class LeaderElector:
                                 cfg.name, cfg.renew_deadline)
                     return
                 try:
-                    ok = await asyncio.wait_for(self._try_acquire_or_renew(), timeout=remaining)
+                    async with asyncio.timeout(remaining):
+                        ok = await self._try_acquire_or_renew()
                 except TimeoutError:
                     ok = False
                 except Exception as exc:  # noqa: BLE001 - keep trying until the deadline

@@ -430,7 +430,8 @@ class ControllerManager:
                 return False
             if term is not None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(term.ready.wait(), min(remaining or 0.05, 0.05))
+                    async with asyncio.timeout(min(remaining or 0.05, 0.05)):
+                        await term.ready.wait()
             else:
                 await asyncio.sleep(0.02)  # polling: no term yet (campaigning); a term object appears on leading
 

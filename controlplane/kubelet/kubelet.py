@@ -663,8 +663,8 @@ class Kubelet:
         try:
             if "exec" in pre_stop:
                 cmd = list((pre_stop["exec"] or {}).get("command") or [])
-                await asyncio.wait_for(self.runtime.exec_sync(cid, cmd, max(0.0, deadline - time.monotonic())),
-                                       max(0.001, deadline - time.monotonic()))
+                async with asyncio.timeout(max(0.001, deadline - time.monotonic())):
+                    await self.runtime.exec_sync(cid, cmd, max(0.0, deadline - time.monotonic()))
             elif "httpGet" in pre_stop:
                 hg = pre_stop["httpGet"]
                 url = f"{str(hg.get('scheme', 'HTTP')).lower()}://{hg.get('host') or rec.pod_ip}:{hg.get('port')}" \

@@ -60,8 +60,8 @@ async def run_probe(probe: Mapping[str, Any], *, runtime: RuntimeService, contai
         if "tcpSocket" in probe:
             ts = probe["tcpSocket"] or {}
             host = ts.get("host") or pod_ip
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, _port(ts.get("port"), container)),
-                                               timeout)
+            async with asyncio.timeout(timeout):
+                _, writer = await asyncio.open_connection(host, _port(ts.get("port"), container))
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

@@ -99,7 +99,8 @@ class KubeletServer:
             self._server.force_exit = True
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._task, 5)
+                async with asyncio.timeout(5):
+                    await self._task
         if self._sock is not None:
             self._sock.close()
 

@@ -11,6 +11,7 @@ wait reads the PVC informer, which ``notify_claims_changed`` pokes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -195,9 +196,8 @@ class ApiCalls:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise TimeoutError(f"binding volumes: timed out waiting for claims {', '.join(pending)}")
-                try:
-                    await asyncio.wait_for(changed.wait(), remaining)
-                except TimeoutError:
-                    pass
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await changed.wait()
         finally:
             self._claims_changed.discard(changed)

@@ -65,7 +65,8 @@ class EventRecorder:
         """Write what is queued (bounded by ``timeout``), then stop the workers."""
         if self._workers:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._queue.join()
         for w in self._workers:
             w.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)

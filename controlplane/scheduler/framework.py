@@ -497,7 +497,8 @@ class WaitingPod:
         self._future = loop.create_future()
         timeout = min(self.pending.values()) if self.pending else 0
         try:
-            return await asyncio.wait_for(asyncio.shield(self._future), timeout)
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(self._future)
         except TimeoutError:
             plugin = min(self.pending, key=self.pending.__getitem__) if self.pending else ""
             return Status(Code.UNSCHEDULABLE, f"rejected due to timeout after waiting {timeout}s at plugin {plugin}",

@@ -11,6 +11,7 @@ plain methods, and ``run()`` calls them on timers in the real scheduler.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
@@ -541,10 +542,9 @@ class PriorityQueue:
         """Run the periodic flushes until ``stop`` is set (the timers are real; tests call the flushes directly)."""
         last_leftover = time.monotonic()
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), backoff_period)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(backoff_period):
+                    await stop.wait()
             self.flush_backoff_completed()
             if time.monotonic() - last_leftover >= leftover_period:
                 last_leftover = time.monotonic()

@@ -358,7 +358,8 @@ class _Session:
             for pi in self.cache.cleanup_assumed_pods():
                 log.warning("assumed pod %s expired without its binding being confirmed", pi.key)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._stop.wait()
 
     def pending_counts(self) -> dict[str, int]:
         q = self.queue

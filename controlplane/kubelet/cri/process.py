@@ -389,8 +389,9 @@ class ProcessRuntime:
             return
         if timeout > 0:
             _killpg(c.proc.pid, signal.SIGTERM)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(c.exited.wait(), timeout)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await c.exited.wait()
         if not c.exited.is_set():
             _killpg(c.proc.pid, signal.SIGKILL)
             await c.exited.wait()
@@ -475,7 +476,8 @@ class ProcessRuntime:
     async def exec_sync(self, container_id: str, cmd: list[str], timeout: float = 0) -> ExecSyncResponse:
         proc = await self._spawn_exec(container_id, cmd, stdin=False)
         try:
-            stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout if timeout > 0 else None)
+            async with asyncio.timeout(timeout if timeout > 0 else None):
+                stdout, stderr = await proc.communicate()
         except TimeoutError:
             _killpg(proc.pid, signal.SIGKILL)
             await proc.wait()

@@ -247,6 +247,39 @@ async def test_quiet_stream_times_out_only_with_a_read_timeout(serve) -> None:
     await pool.aclose()
 
 
+async def test_a_reader_cancelled_as_bytes_arrive_is_cancelled(serve) -> None:
+    """Bytes and a cancellation landing in the same loop iteration (an informer stopped while its watch is busy):
+    the reader must end cancelled. asyncio.wait_for on Python 3.11 returned the bytes and dropped the cancellation,
+    so a stopped informer went on reading its watch and its stop() waited for ever."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    pool = pool_for(await serve(handler))
+    stream = await pool.stream(pool.encode("GET", "/watch", None, None, None), read_timeout=30)
+    waiting = asyncio.Event()
+
+    async def read_all() -> list[bytes]:
+        chunks = []
+        waiting.set()
+        async for chunk in stream.aiter_bytes():
+            chunks.append(chunk)
+        return chunks
+
+    reader = asyncio.create_task(read_all())
+    await waiting.wait()
+    await asyncio.sleep(0)  # the reader is now parked waiting for bytes
+    stream._feed(b"frame\n")  # what data_received does for a chunk of the body...
+    reader.cancel()  # ...and the stop, in the same iteration
+    async with asyncio.timeout(5):
+        await asyncio.gather(reader, return_exceptions=True)
+    assert reader.cancelled()
+    await stream.aclose()
+    await pool.aclose()
+
+
 async def test_api_client_over_the_pool_against_the_api_server(apiserver) -> None:
     async with ApiClient(apiserver.url) as client:
         assert client._pool is not None and client._httpx is None
