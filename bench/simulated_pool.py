@@ -10,10 +10,12 @@ from pathlib import Path
 
 
 async def serve_pool(url: str, nodes: int, workers: int, data_dir: Path) -> None:
+    from controlplane.gctuning import tune_for_service
     from controlplane.kubelet.config import KubeletOptions, NodeConfig
     from controlplane.kubelet.pool import KubeletPool
     from controlplane.kubelet.runtimes import node_runtime
 
+    tune_for_service()  # as `ccmkit kubelet` and `ccmkit up` do
     options = KubeletOptions(data_dir=data_dir / "kubelet", sync_workers=workers, max_images_in_status=0)
     pool = KubeletPool(url, [node_runtime("simulated", NodeConfig(f"node-{i}"), data_dir, i) for i in range(nodes)],
                        options, own_runtimes=True)

@@ -22,6 +22,9 @@ from controlplane.cluster import Cluster, ClusterConfig, Component, ComponentFac
 
 
 def _run(main: "asyncio.Future[None] | object") -> None:
+    from controlplane.gctuning import tune_for_service
+
+    tune_for_service()
     try:
         import uvloop
 

@@ -72,7 +72,8 @@ class Component:
         self.log = log
         self._out = log.open("w")
         self.proc = subprocess.Popen(argv, stdout=self._out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+                                     env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+                                          "PYTHONUNBUFFERED": "1"},
                                      start_new_session=True)
 
     @property
