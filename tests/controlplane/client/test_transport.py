@@ -232,14 +232,16 @@ async def test_stream_yields_chunks_as_they_arrive(serve) -> None:
     await pool.aclose()
 
 
-async def test_quiet_stream_times_out_only_with_a_read_timeout(serve) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        await writer.drain()
-        await asyncio.sleep(30)
+async def quiet_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers with the headers of a chunked stream, then sends nothing more (a quiet watch)."""
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(30)
 
-    pool = pool_for(await serve(handler))
+
+async def test_quiet_stream_times_out_only_with_a_read_timeout(serve) -> None:
+    pool = pool_for(await serve(quiet_stream))
     stream = await pool.stream(pool.encode("GET", "/watch", None, None, None), read_timeout=0.2)
     with pytest.raises(httpx.ReadTimeout):
         await stream.aiter_bytes().__anext__()
@@ -251,13 +253,7 @@ async def test_a_reader_cancelled_as_bytes_arrive_is_cancelled(serve) -> None:
     """Bytes and a cancellation landing in the same loop iteration (an informer stopped while its watch is busy):
     the reader must end cancelled. asyncio.wait_for on Python 3.11 returned the bytes and dropped the cancellation,
     so a stopped informer went on reading its watch and its stop() waited for ever."""
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-        await writer.drain()
-        await asyncio.sleep(30)
-
-    pool = pool_for(await serve(handler))
+    pool = pool_for(await serve(quiet_stream))
     stream = await pool.stream(pool.encode("GET", "/watch", None, None, None), read_timeout=30)
     waiting = asyncio.Event()
 
