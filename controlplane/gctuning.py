@@ -20,7 +20,7 @@ import os
 import threading
 import time
 
-YOUNG_THRESHOLD = 20_000  # allocations between young collections (CPython's default: 700)
+YOUNG_THRESHOLD = 100_000  # allocations between young collections (CPython's default: 700)
 NEVER = 1_000_000_000  # as the oldest generation's threshold: no full collection triggered by growth
 FULL_COLLECTION_PERIOD = 30.0  # seconds between full collections
 
