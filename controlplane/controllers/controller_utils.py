@@ -244,6 +244,34 @@ def controller_uid_index(obj: Obj) -> str | None:
 
 
 
+def resolve_controller_ref(informer: Informer, obj: Mapping[str, Any], kind: str,
+                           ref: Mapping[str, Any] | None = None) -> Obj | None:
+    """The object's controller of ``kind`` from the informer's cache — upstream's resolveControllerRef: None when
+    the controller is of another kind, gone, or a namesake with another uid. ``ref`` defaults to the object's own
+    controller reference."""
+    ref = ref if ref is not None else get_controller_of(obj)
+    if ref is None or ref.get("kind") != kind:
+        return None
+    owner = informer.get(f"{meta(obj).get('namespace')}/{ref.get('name')}")
+    if owner is None or meta(owner).get("uid") != ref.get("uid"):
+        return None
+    return owner
+
+
+def owners_selecting(informer: Informer, obj: Mapping[str, Any], *, skip_empty: bool = False) -> list[Obj]:
+    """The informer's objects in ``obj``'s namespace whose selector matches its labels: the candidates that might
+    adopt an orphan. ``skip_empty`` leaves out empty selectors (a Deployment's selects nothing, upstream)."""
+    labels = meta(obj).get("labels") or {}
+    found = []
+    for owner in informer.by_index("namespace", meta(obj).get("namespace") or ""):
+        selector = (owner.get("spec") or {}).get("selector")
+        if skip_empty and is_empty_selector(selector):
+            continue
+        if selector_matcher(selector)(labels):
+            found.append(owner)
+    return found
+
+
 def selector_matcher(selector: Mapping[str, Any] | None) -> Callable[[Mapping[str, str] | None], bool]:
     """A metav1.LabelSelector as a predicate on labels. None or an invalid selector matches nothing (as upstream's
     controllers treat a selector they cannot parse); an empty selector matches everything."""

@@ -41,6 +41,7 @@ from controlplane.controllers.controller_utils import (
     meta,
     option,
     parse_time,
+    resolve_controller_ref,
 )
 
 log = logging.getLogger(__name__)
@@ -168,11 +169,8 @@ class CronJobController:
         await self.timers.stop()
 
     def _job_event(self, job: Obj) -> None:
-        ref = get_controller_of(job)
-        if ref is None or ref.get("kind") != "CronJob":
-            return
-        cj = self.cj_informer.get(f"{meta(job).get('namespace')}/{ref.get('name')}")
-        if cj is not None and meta(cj).get("uid") == ref.get("uid"):
+        cj = resolve_controller_ref(self.cj_informer, job, "CronJob")
+        if cj is not None:
             self.enqueue(key_of(cj))
 
     def _job_updated(self, old: Obj, new: Obj) -> None:

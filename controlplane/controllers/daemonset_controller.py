@@ -40,10 +40,12 @@ from controlplane.controllers.controller_utils import (
     key_of,
     meta,
     option,
+    owners_selecting,
     parse_time,
     pod_from_template,
     pod_phase,
     pods_prefix,
+    resolve_controller_ref,
     revision_name,
     revision_number,
     scaled_value,
@@ -210,18 +212,11 @@ class DaemonSetController:
             self._all()
 
     def _owner_key(self, pod: Obj) -> str | None:
-        ref = get_controller_of(pod)
-        if ref is None or ref.get("kind") != "DaemonSet":
-            return None
-        ds = self.ds_informer.get(f"{meta(pod).get('namespace')}/{ref.get('name')}")
-        if ds is None or meta(ds).get("uid") != ref.get("uid"):
-            return None
-        return key_of(ds)
+        ds = resolve_controller_ref(self.ds_informer, pod, "DaemonSet")
+        return key_of(ds) if ds is not None else None
 
     def _orphan_owners(self, pod: Obj) -> list[str]:
-        labels = meta(pod).get("labels") or {}
-        return [key_of(ds) for ds in self.ds_informer.by_index("namespace", meta(pod).get("namespace") or "")
-                if selector_matcher((ds.get("spec") or {}).get("selector"))(labels)]
+        return [key_of(ds) for ds in owners_selecting(self.ds_informer, pod)]
 
     def _pod_added(self, pod: Obj) -> None:
         if meta(pod).get("deletionTimestamp"):

@@ -45,7 +45,9 @@ from controlplane.controllers.controller_utils import (
     key_of,
     meta,
     option,
+    owners_selecting,
     parse_time,
+    resolve_controller_ref,
     scaled_value,
     selector_matcher,
     template_equal_ignore_hash,
@@ -290,19 +292,11 @@ class DeploymentController:
     # -- event handlers ---------------------------------------------------------------------------------------
 
     def _owner_key(self, rs: Obj) -> str | None:
-        ref = get_controller_of(rs)
-        if ref is None or ref.get("kind") != "Deployment":
-            return None
-        d = self.d_informer.get(f"{meta(rs).get('namespace')}/{ref.get('name')}")
-        if d is None or meta(d).get("uid") != ref.get("uid"):
-            return None
-        return key_of(d)
+        d = resolve_controller_ref(self.d_informer, rs, "Deployment")
+        return key_of(d) if d is not None else None
 
     def _matching_deployments(self, rs: Obj) -> list[str]:
-        labels = meta(rs).get("labels") or {}
-        return [key_of(d) for d in self.d_informer.by_index("namespace", meta(rs).get("namespace") or "")
-                if not is_empty_selector((d.get("spec") or {}).get("selector"))
-                and selector_matcher((d.get("spec") or {}).get("selector"))(labels)]
+        return [key_of(d) for d in owners_selecting(self.d_informer, rs, skip_empty=True)]
 
     def _rs_added(self, rs: Obj) -> None:
         owner = self._owner_key(rs)
@@ -332,10 +326,7 @@ class DeploymentController:
 
     def _pod_deleted(self, pod: Obj) -> None:
         # Recreate waits for every old pod to be gone, and only a pod's deletion says when that is.
-        ref = get_controller_of(pod)
-        if ref is None or ref.get("kind") != "ReplicaSet":
-            return
-        rs = self.rs_informer.get(f"{meta(pod).get('namespace')}/{ref.get('name')}")
+        rs = resolve_controller_ref(self.rs_informer, pod, "ReplicaSet")
         if rs is None:
             return
         owner = self._owner_key(rs)

@@ -52,6 +52,7 @@ from controlplane.controllers.controller_utils import (
     pod_from_template,
     pod_phase,
     pods_prefix,
+    resolve_controller_ref,
     selector_matcher,
 )
 
@@ -388,13 +389,7 @@ class JobController:
     # -- events -----------------------------------------------------------------------------------------------
 
     def _job_for(self, pod: Obj, ref: Obj | None = None) -> Obj | None:
-        ref = ref if ref is not None else get_controller_of(pod)
-        if ref is None or ref.get("kind") != "Job":
-            return None
-        job = self.job_informer.get(f"{meta(pod).get('namespace')}/{ref.get('name')}")
-        if job is None or meta(job).get("uid") != ref.get("uid"):
-            return None
-        return job
+        return resolve_controller_ref(self.job_informer, pod, "Job", ref)
 
     def _enqueue_orphan(self, pod: Obj) -> None:
         self.enqueue(ORPHAN_PREFIX + key_of(pod))

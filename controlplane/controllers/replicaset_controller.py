@@ -38,9 +38,11 @@ from controlplane.controllers.controller_utils import (
     key_of,
     meta,
     option,
+    owners_selecting,
     pod_from_template,
     pods_prefix,
     rank_pods_for_deletion,
+    resolve_controller_ref,
     selector_matcher,
 )
 
@@ -84,21 +86,11 @@ class ReplicaSetController:
         self.enqueue(key_of(rs))
 
     def _owner_key(self, pod: Obj) -> str | None:
-        ref = get_controller_of(pod)
-        if ref is None or ref.get("kind") != "ReplicaSet":
-            return None
-        rs = self.rs_informer.get(f"{meta(pod).get('namespace')}/{ref.get('name')}")
-        if rs is None or meta(rs).get("uid") != ref.get("uid"):
-            return None
-        return key_of(rs)
+        rs = resolve_controller_ref(self.rs_informer, pod, "ReplicaSet")
+        return key_of(rs) if rs is not None else None
 
     def _matching_replicasets(self, pod: Obj) -> list[str]:
-        labels = meta(pod).get("labels") or {}
-        keys = []
-        for rs in self.rs_informer.by_index("namespace", meta(pod).get("namespace") or ""):
-            if selector_matcher((rs.get("spec") or {}).get("selector"))(labels):
-                keys.append(key_of(rs))
-        return keys
+        return [key_of(rs) for rs in owners_selecting(self.rs_informer, pod)]
 
     def _pod_added(self, pod: Obj) -> None:
         if meta(pod).get("deletionTimestamp"):

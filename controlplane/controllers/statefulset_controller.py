@@ -47,8 +47,10 @@ from controlplane.controllers.controller_utils import (
     meta,
     new_controller_revision,
     option,
+    owners_selecting,
     pod_from_template,
     pod_phase,
+    resolve_controller_ref,
     revision_number,
     selector_matcher,
     semantic,
@@ -228,13 +230,8 @@ class StatefulSetController:
         await self.timers.stop()
 
     def _owner_key(self, pod: Obj) -> str | None:
-        ref = get_controller_of(pod)
-        if ref is None or ref.get("kind") != "StatefulSet":
-            return None
-        sts = self.sts_informer.get(f"{meta(pod).get('namespace')}/{ref.get('name')}")
-        if sts is None or meta(sts).get("uid") != ref.get("uid"):
-            return None
-        return key_of(sts)
+        sts = resolve_controller_ref(self.sts_informer, pod, "StatefulSet")
+        return key_of(sts) if sts is not None else None
 
     def _pod_event(self, pod: Obj) -> None:
         owner = self._owner_key(pod)
@@ -242,10 +239,8 @@ class StatefulSetController:
             self.enqueue(owner)
             return
         if get_controller_of(pod) is None:
-            labels = meta(pod).get("labels") or {}
-            for sts in self.sts_informer.by_index("namespace", meta(pod).get("namespace") or ""):
-                if selector_matcher((sts.get("spec") or {}).get("selector"))(labels):
-                    self.enqueue(key_of(sts))
+            for sts in owners_selecting(self.sts_informer, pod):
+                self.enqueue(key_of(sts))
 
     def _pod_updated(self, old: Obj, new: Obj) -> None:
         if get_controller_of(old) != get_controller_of(new):
