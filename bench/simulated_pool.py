@@ -9,6 +9,16 @@ import time
 from pathlib import Path
 
 
+def run_pool(url: str, nodes: int, workers: int, data_dir: Path) -> None:
+    """Run ``serve_pool`` on the event loop the ``ccmkit`` commands use (uvloop when it is installed)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve_pool(url, nodes, workers, data_dir))
+    else:
+        uvloop.run(serve_pool(url, nodes, workers, data_dir))
+
+
 async def serve_pool(url: str, nodes: int, workers: int, data_dir: Path) -> None:
     from controlplane.gctuning import tune_for_service
     from controlplane.kubelet.config import KubeletOptions, NodeConfig

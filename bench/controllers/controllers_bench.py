@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.procstats import cpu_seconds, loadavg, machine, peak_rss_mb  # noqa: E402
-from bench.simulated_pool import serve_pool  # noqa: E402
+from bench.simulated_pool import run_pool  # noqa: E402
 
 from controlplane.client import DEPLOYMENTS, PODS, ApiClient  # noqa: E402
 from controlplane.client.watch import ResumableWatcher  # noqa: E402
@@ -415,7 +415,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_pool:
-        asyncio.run(serve_pool(args.serve_pool, args.nodes, args.workers, args.data_dir))
+        run_pool(args.serve_pool, args.nodes, args.workers, args.data_dir)
         return
     args.deployments = args.deployments or (100 if args.quick else 1000)
     args.nodes = args.nodes or (50 if args.quick else 500)

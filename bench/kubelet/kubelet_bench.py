@@ -31,7 +31,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.procstats import cpu_seconds, peak_rss_mb, stop
-from bench.simulated_pool import serve_pool
+from bench.simulated_pool import run_pool
 from controlplane.client import PODS, ApiClient
 from controlplane.client.watch import watch
 
@@ -220,7 +220,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_pool:
-        asyncio.run(serve_pool(args.serve_pool, args.nodes, args.workers, args.data_dir))
+        run_pool(args.serve_pool, args.nodes, args.workers, args.data_dir)
         return
     nodes = args.nodes or (100 if args.quick else 1000)
     pods = args.pods or (3000 if args.quick else 30000)
