@@ -3,10 +3,17 @@ nodes, prints ``ready <seconds>`` on stdout, and runs until SIGTERM."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 import time
 from pathlib import Path
+
+
+def add_pool_arguments(parser: argparse.ArgumentParser) -> None:
+    """The hidden flags with which a benchmark starts its own script again as the pool's process."""
+    parser.add_argument("--serve-pool", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
 
 
 def run_pool(url: str, nodes: int, workers: int, data_dir: Path) -> None:

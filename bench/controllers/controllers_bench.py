@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.procstats import cpu_seconds, loadavg, machine, peak_rss_mb  # noqa: E402
-from bench.simulated_pool import run_pool  # noqa: E402
+from bench.simulated_pool import add_pool_arguments, run_pool  # noqa: E402
 
 from controlplane.client import DEPLOYMENTS, PODS, ApiClient  # noqa: E402
 from controlplane.client.watch import ResumableWatcher  # noqa: E402
@@ -258,14 +258,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 async with semaphore:
                     await client.create(DEPLOYMENTS, deployment(f"bench-{i}", replicas, 1), NAMESPACE)
 
-            cpu = Cpu(pids)
-            start = time.perf_counter()
-            ticker = asyncio.create_task(progress("Deployments Available", lambda: len(tracker.done), n, start))
-            await asyncio.gather(*(create(i) for i in range(n)))
-            created_s = time.perf_counter() - start
-            await wait_or_fail(tracker.all_done, watcher, args.timeout, "Deployments Available")
-            available_s = max(tracker.done.values()) - start
-            ticker.cancel()
+            cpu, start, created_s, available_s = await timed_phase("Deployments Available", create, n, tracker,
+                                                                   watcher, pids, args.timeout)
             result["rollout"] = {
                 "creates_s": round(created_s, 2),
                 "all_available_s": round(available_s, 2),
@@ -286,14 +280,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 async with semaphore:
                     await client.patch(DEPLOYMENTS, f"bench-{i}", patch, NAMESPACE, patch_type="strategic")
 
-            cpu = Cpu(pids)
-            start = time.perf_counter()
-            ticker = asyncio.create_task(progress("Deployments rolled out", lambda: len(tracker.done), n, start))
-            await asyncio.gather(*(roll(i) for i in range(n)))
-            patched_s = time.perf_counter() - start
-            await wait_or_fail(tracker.all_done, watcher, args.timeout, "Deployments rolled out")
-            rolled_s = max(tracker.done.values()) - start
-            ticker.cancel()
+            cpu, start, patched_s, rolled_s = await timed_phase("Deployments rolled out", roll, n, tracker, watcher,
+                                                                pids, args.timeout)
             left = await old_pods_gone(client, 1, args.timeout)
             settled_s = time.perf_counter() - start
             objects = n * (2 + 2 * replicas)  # Deployment updated, ReplicaSet created, pods created and deleted
@@ -318,6 +306,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for c in reversed(components):
             c.stop()
     return result
+
+
+async def timed_phase(what: str, send: Callable[[int], Awaitable[None]], n: int, tracker: Any,
+                      watcher: asyncio.Task[None], pids: dict[str, int | None],
+                      timeout: float) -> tuple[Cpu, float, float, float]:
+    """``send(i)`` for each of the n Deployments, then wait until the tracker has seen all of them done, printing
+    progress meanwhile: (the CPU mark taken at the start, the start, seconds to send, seconds until all done)."""
+    cpu = Cpu(pids)
+    start = time.perf_counter()
+    ticker = asyncio.create_task(progress(what, lambda: len(tracker.done), n, start))
+    try:
+        await asyncio.gather(*(send(i) for i in range(n)))
+        sent_s = time.perf_counter() - start
+        await wait_or_fail(tracker.all_done, watcher, timeout, what)
+    finally:
+        ticker.cancel()
+    return cpu, start, sent_s, max(tracker.done.values()) - start
 
 
 async def wait_or_fail(event: asyncio.Event, watcher: asyncio.Task[None], timeout: float, what: str) -> None:
@@ -411,8 +416,7 @@ def main() -> None:
                         help="passed to the controller manager as --option (e.g. concurrent_deployment_syncs=10)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds each phase may take")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--serve-pool", metavar="URL", help=argparse.SUPPRESS)  # the pool's own process
-    parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
+    add_pool_arguments(parser)
     args = parser.parse_args()
     if args.serve_pool:
         run_pool(args.serve_pool, args.nodes, args.workers, args.data_dir)

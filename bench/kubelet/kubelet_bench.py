@@ -31,7 +31,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.procstats import cpu_seconds, peak_rss_mb, stop
-from bench.simulated_pool import run_pool
+from bench.simulated_pool import add_pool_arguments, run_pool
 from controlplane.client import PODS, ApiClient
 from controlplane.client.watch import watch
 
@@ -216,8 +216,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.0, help="pods created per second (0: as fast as possible)")
     parser.add_argument("--no-scheduler", action="store_true",
                         help="bind pods round-robin at create instead of running the scheduler")
-    parser.add_argument("--serve-pool", metavar="URL", help=argparse.SUPPRESS)  # the pool's own process
-    parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
+    add_pool_arguments(parser)
     args = parser.parse_args()
     if args.serve_pool:
         run_pool(args.serve_pool, args.nodes, args.workers, args.data_dir)

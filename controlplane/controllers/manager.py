@@ -301,7 +301,8 @@ class ControllerManager:
         if isinstance(server, ApiClient):
             self.client, self._owns_client = server, False
         else:
-            self.client, self._owns_client = ApiClient(server, user_agent=component_user_agent("kube-controller-manager")), True
+            agent = component_user_agent("kube-controller-manager")
+            self.client, self._owns_client = ApiClient(server, user_agent=agent), True
         if factories is None:
             names = select(self.config.controllers)
             self.factories: dict[str, ControllerFactory] = {n: load_factory(n) for n in names}

@@ -20,31 +20,19 @@ ended), then deleted with a grace period of 0 and its uid as a precondition, so 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
-from typing import Any
 
 from controlplane.client import ApiClient, ApiError, Conflict, NotFound, SharedInformerFactory
 from controlplane.client.resources import NODES, PODS
 from controlplane.controllers import podutil
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
-from controlplane.controllers.controller_utils import parse_time
+from controlplane.controllers.controller_utils import Obj, format_time, key_of, parse_time
 
 log = logging.getLogger(__name__)
-
-Obj = dict[str, Any]
 
 GC_KEY = "gc"  # one pass covers every pod; the work queue just runs it (deduplicated, retried on a crash)
 OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
 PARALLEL_DELETES = 16  # upstream starts a goroutine per pod; a bound keeps a burst from swamping the API server
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _key(pod: Obj) -> str:
-    return f"{pod['metadata'].get('namespace')}/{pod['metadata']['name']}"
 
 
 def is_evicted(pod: Obj) -> bool:
@@ -174,9 +162,9 @@ class PodGCController:
                     await self._mark_failed_and_delete(pod, condition)
                 except ApiError as exc:
                     # The next pass looks again; nothing here is urgent enough to retry sooner.
-                    log.warning("pod gc: deleting %s pod %s failed: %s", why, _key(pod), exc)
+                    log.warning("pod gc: deleting %s pod %s failed: %s", why, key_of(pod), exc)
                 else:
-                    log.info("pod gc: force deleted %s pod %s", why, _key(pod))
+                    log.info("pod gc: force deleted %s pod %s", why, key_of(pod))
 
         todo = [p for p in pods if p["metadata"].get("uid") not in handled]
         handled.update(p["metadata"].get("uid") for p in todo)
@@ -196,7 +184,7 @@ class PodGCController:
                 same = old is not None and all(old.get(k) == condition[k] for k in ("status", "reason", "message"))
                 if not same:
                     transition = old.get("lastTransitionTime") if old is not None and \
-                        old.get("status") == condition["status"] else _now()
+                        old.get("status") == condition["status"] else format_time(self.clock.now())
                     status["conditions"] = [c for c in status.get("conditions") or []
                                             if c.get("type") != condition["type"]]
                     status["conditions"].append({**condition, "lastTransitionTime": transition})
