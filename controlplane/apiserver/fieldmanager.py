@@ -82,6 +82,64 @@ def to_fields_v1(paths: set[Path]) -> dict[str, Any]:
     return root
 
 
+def _fields_tree(obj: dict[str, Any], status: bool) -> dict[str, Any]:
+    """``to_fields_v1`` of the paths of ``field_set(obj, status=status)`` that are under status (status=True) or not
+    (status=False), built in one walk of the object: a create records every field it sets, and making the paths
+    and then sorting them into a tree cost twice as much."""
+    if not status:
+        return _tree_of(obj, ())
+    value = obj.get("status")
+    if isinstance(value, dict):
+        sub = _tree_of(value, ("f:status",)) if value else {}
+        return {"f:status": sub} if sub or not value else {}
+    leaf = _leaf_tree("status", value) if "status" in obj else None
+    return {} if leaf is None else {"f:status": leaf}
+
+
+def _tree_of(obj: dict[str, Any], prefix: Path) -> dict[str, Any]:
+    """The FieldsV1 tree of the fields of ``obj`` (found at ``prefix``), keys in the order to_fields_v1 writes."""
+    root = not prefix
+    meta = prefix == ("f:metadata",)
+    node: dict[str, Any] = {}
+    for name in sorted(obj):
+        if root:
+            if name in IGNORED_ROOT or name == "status":
+                continue
+        elif meta and name in IGNORED_METADATA:
+            continue
+        value = obj[name]
+        if isinstance(value, dict) and value:
+            child = _tree_of(value, (*prefix, "f:" + name))
+            if child:
+                node["f:" + name] = child
+        else:
+            child = _leaf_tree(name, value)
+            if child is not None:
+                node["f:" + name] = child
+    return node
+
+
+def _leaf_tree(name: str, value: Any) -> dict[str, Any] | None:
+    """The tree under a field holding a scalar, an empty map or a list (None: the field adds no path)."""
+    if not isinstance(value, list) or not value:
+        return {}
+    key = _merge_key(name, value)
+    if key is None:
+        return {}
+    if key == "":
+        return {element: {".": {}} for element in sorted({"v:" + jsonutil.dumps(item).decode() for item in value})}
+    items: dict[str, dict[str, Any]] = {}
+    for item in value:
+        if isinstance(item, dict):
+            element = _key_element(item, key)
+            if element in items:  # one key twice: the fields of both items, merged as to_fields_v1 merges paths
+                paths: set[Path] = set()
+                _collect_fields({name: value}, ("list",), True, paths)
+                return to_fields_v1(paths)["list"][f"f:{name}"]
+            items[element] = {".": {}, **_tree_of(item, ("k",))}
+    return {element: items[element] for element in sorted(items)} or None
+
+
 def from_fields_v1(tree: dict[str, Any], prefix: Path = ()) -> set[Path]:
     out: set[Path] = set()
     for element, child in (tree or {}).items():
@@ -183,6 +241,123 @@ def _same_json(a: Any, b: Any) -> bool:
         return False
 
 
+class _Ambiguous(Exception):
+    """The fast diff met lists whose items it cannot pair up the way path lookups would (duplicate merge keys, or
+    a ``ports`` list whose merge key differs between the two sides); the general comparison answers instead."""
+
+
+def _diff_fields(new: dict[str, Any], old: dict[str, Any], status: bool) -> tuple[set[Path], set[Path]]:
+    """What an update changed and what it removed, as the general comparison computes them::
+
+        changed = {p in field_set(new) whose value differs in old}   (status paths only for a status write;
+                                                                      never status paths otherwise)
+        gone = field_set(old) - field_set(new)
+
+    in one walk of both objects that descends only where they differ (``==`` on a subtree is C-speed), pairing the
+    items of keyed lists by merge key. A pod status update by its kubelet compares a few conditions instead of
+    looking up every field of the status on both sides: ~10x less work on the write path of every status update."""
+    changed: set[Path] = set()
+    gone: set[Path] = set()
+    ignored: set[Path] = set()  # changed paths a write of the other kind (status / not status) does not count
+    for name in _union_keys(new, old):
+        if name in IGNORED_ROOT or (name == "status" and not status):
+            continue
+        a, b = new.get(name, _ABSENT), old.get(name, _ABSENT)
+        if a == b:
+            continue
+        into = changed if (name == "status") is status else ignored
+        if name == "metadata" and isinstance(a, dict) and isinstance(b, dict) and a and b:  # ({} is a leaf)
+            for field in _union_keys(a, b):
+                if field not in IGNORED_METADATA:
+                    x, y = a.get(field, _ABSENT), b.get(field, _ABSENT)
+                    if x != y:
+                        _diff_value(x, y, field, ("f:metadata",), into, gone)
+        else:
+            _diff_value(a, b, name, (), into, gone)
+    return changed, gone
+
+
+def _diff_value(a: Any, b: Any, name: str, prefix: Path, changed: set[Path], gone: set[Path]) -> None:
+    """The field ``name`` under ``prefix`` holds ``a`` in the new object and ``b`` in the old (either may be
+    _ABSENT); ``a != b``."""
+    path = (*prefix, "f:" + name)
+    if type(a) is dict and type(b) is dict and a and b:
+        _diff_map(a, b, path, changed, gone)
+        return
+    if type(a) is list and type(b) is list and a and b:
+        key = _merge_key(name, a)
+        if key != _merge_key(name, b):
+            raise _Ambiguous
+        if key is None:  # an atomic list: one path, on both sides
+            changed.add(path)
+        elif key == "":
+            _diff_set(a, b, path, changed, gone)
+        else:
+            _diff_keyed(a, b, key, path, changed, gone)
+        return
+    # Different shapes, or a leaf: every path of the new value differs; the old value's paths that the new one does
+    # not have are gone.
+    new_paths: set[Path] = set()
+    if a is not _ABSENT:
+        _collect_fields({name: a}, prefix, True, new_paths)
+        changed |= new_paths
+    if b is not _ABSENT:
+        old_paths: set[Path] = set()
+        _collect_fields({name: b}, prefix, True, old_paths)
+        gone |= old_paths - new_paths
+
+
+def _diff_map(a: dict[str, Any], b: dict[str, Any], path: Path, changed: set[Path], gone: set[Path]) -> None:
+    for field in _union_keys(a, b):
+        x, y = a.get(field, _ABSENT), b.get(field, _ABSENT)
+        if x != y:
+            _diff_value(x, y, field, path, changed, gone)
+
+
+def _diff_set(a: list[Any], b: list[Any], path: Path, changed: set[Path], gone: set[Path]) -> None:
+    kept: set[str] = set()
+    for item in a:
+        element = "v:" + jsonutil.dumps(item).decode()
+        kept.add(element)
+        if item not in b:
+            changed.add((*path, element))
+    for item in b:
+        element = "v:" + jsonutil.dumps(item).decode()
+        if element not in kept:
+            gone.add((*path, element))
+
+
+def _diff_keyed(a: list[Any], b: list[Any], key: str, path: Path, changed: set[Path], gone: set[Path]) -> None:
+    olds = _items_by_key(b, key)
+    news = _items_by_key(a, key)
+    for element, item in news.items():
+        item_path = (*path, element)
+        before = olds.get(element)
+        if before is None:
+            changed.add(item_path)
+            _collect_fields(item, item_path, True, changed)
+        elif item != before:
+            changed.add(item_path)
+            _diff_map(item, before, item_path, changed, gone)
+    for element, item in olds.items():
+        if element not in news:
+            item_path = (*path, element)
+            gone.add(item_path)
+            _collect_fields(item, item_path, True, gone)
+
+
+def _items_by_key(items: list[Any], key: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    count = 0
+    for item in items:
+        if isinstance(item, dict):
+            count += 1
+            out[_key_element(item, key)] = item
+    if len(out) != count:
+        raise _Ambiguous  # two items with one key: a lookup finds the first, a walk would see both
+    return out
+
+
 def _changed_fields(old: dict[str, Any], new: dict[str, Any], paths: set[Path], status: bool) -> set[Path]:
     """The paths of ``paths`` (restricted to status, or to everything but status) whose value differs between
     ``old`` and ``new``: ``_value_at(old, p) != _value_at(new, p)``.
@@ -269,9 +444,11 @@ class Entry:
     fields: set[Path]
     subresource: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, tree: dict[str, Any] | None = None) -> dict[str, Any]:
+        """As stored; ``tree``: the FieldsV1 of ``fields``, when the caller has it already."""
         d: dict[str, Any] = {"manager": self.manager, "operation": self.operation, "apiVersion": self.api_version,
-                             "time": self.time, "fieldsType": "FieldsV1", "fieldsV1": to_fields_v1(self.fields)}
+                             "time": self.time, "fieldsType": "FieldsV1",
+                             "fieldsV1": to_fields_v1(self.fields) if tree is None else tree}
         if self.subresource:
             d["subresource"] = self.subresource
         return d
@@ -306,16 +483,19 @@ def record_update(new: dict[str, Any], old: dict[str, Any] | None, manager: str 
         return
     status = subresource == "status"
     if old is None:
-        changed = {p for p in field_set(new, status=status) if (p[0] == "f:status") is status}
-        if changed:
-            mine = Entry(manager, "Update", new.get("apiVersion", ""), jsonutil.now_rfc3339(), changed, subresource)
-            new["metadata"]["managedFields"] = [mine.to_dict()]
+        tree = _fields_tree(new, status)
+        if tree:
+            mine = Entry(manager, "Update", new.get("apiVersion", ""), jsonutil.now_rfc3339(), set(), subresource)
+            new["metadata"]["managedFields"] = [mine.to_dict(tree)]
         else:
             new["metadata"].pop("managedFields", None)
         return
-    new_fields, old_fields = _differing_field_sets(new, old, status)
-    changed = _changed_fields(old, new, new_fields, status)
-    gone = old_fields - new_fields
+    try:
+        changed, gone = _diff_fields(new, old, status)
+    except _Ambiguous:
+        new_fields, old_fields = _differing_field_sets(new, old, status)
+        changed = _changed_fields(old, new, new_fields, status)
+        gone = old_fields - new_fields
     taken = gone | changed  # what every other manager loses
     identity = (manager, "Update", subresource)
     kept: list[dict[str, Any]] = []
