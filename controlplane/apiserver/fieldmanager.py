@@ -72,13 +72,18 @@ def _collect_fields(obj: dict[str, Any], prefix: Path, status: bool, out: set[Pa
 
 
 def to_fields_v1(paths: set[Path]) -> dict[str, Any]:
+    """The FieldsV1 tree of ``paths``. Every list item ("k:"/"v:") node carries its ".", also when the set holds
+    only fields of the item (another manager took the item itself): a "k:"/"v:" node decodes as owned either way
+    (see from_fields_v1), so trees written here are what decoding and re-encoding them gives, and an update can
+    keep the entries it does not change as they were stored."""
     root: dict[str, Any] = {}
     for path in sorted(paths):
         node = root
         for element in path:
-            node = node.setdefault(element, {})
-        if path and (path[-1].startswith("k:") or path[-1].startswith("v:")):
-            node.setdefault(".", {})
+            child = node.get(element)
+            if child is None:
+                child = node[element] = {".": {}} if element[0] in "kv" else {}
+            node = child
     return root
 
 
@@ -498,6 +503,9 @@ def record_update(new: dict[str, Any], old: dict[str, Any] | None, manager: str 
         gone = old_fields - new_fields
     taken = gone | changed  # what every other manager loses
     identity = (manager, "Update", subresource)
+    # The first element of every path another manager loses: an entry with none of them at its root (most entries,
+    # on a status update: they own spec and metadata) loses nothing, without looking up each path.
+    taken_heads = {p[0] for p in taken}
     kept: list[dict[str, Any]] = []
     found_mine = False
     # Each manager's entry is decoded and re-encoded only if this write changes its fields; the others (most of them,
@@ -511,14 +519,13 @@ def record_update(new: dict[str, Any], old: dict[str, Any] | None, manager: str 
         first_own = own and not found_mine
         found_mine = found_mine or own
         gains = first_own and bool(changed)
-        if not any(_tree_has(tree, p) for p in lost):
+        if (not own and taken_heads.isdisjoint(tree)) or not any(_tree_has(tree, p) for p in lost):
             if not gains:
                 if any(e != "." for e in tree):  # its decoded field set is not empty
-                    normal = _normalized(tree)
-                    kept.append(d if normal is tree else {**d, "fieldsV1": normal})
+                    kept.append(d)
                 continue
             if all(_tree_has(tree, p) for p in changed):
-                kept.append({**d, "time": jsonutil.now_rfc3339(), "fieldsV1": _normalized(tree)})
+                kept.append({**d, "time": jsonutil.now_rfc3339()})
                 continue
         e = Entry.from_dict(d)
         e.fields -= lost
@@ -534,24 +541,6 @@ def record_update(new: dict[str, Any], old: dict[str, Any] | None, manager: str 
         new["metadata"]["managedFields"] = kept
     else:
         new["metadata"].pop("managedFields", None)
-
-
-def _normalized(tree: dict[str, Any]) -> dict[str, Any]:
-    """``to_fields_v1(from_fields_v1(tree))`` for a tree that to_fields_v1 wrote, without decoding it: the same tree,
-    except that a "k:"/"v:" node without its "." (another manager took the item, not its fields) decodes as owned
-    and so gets its "." back. Returns ``tree`` itself when nothing changes."""
-    out: dict[str, Any] | None = None
-    for key, child in tree.items():
-        if not isinstance(child, dict):
-            continue
-        fixed = _normalized(child) if child else child
-        if "." not in fixed and key.startswith(("k:", "v:")):
-            fixed = {".": {}, **fixed}
-        if fixed is not child:
-            if out is None:
-                out = dict(tree)
-            out[key] = fixed
-    return tree if out is None else out
 
 
 def _tree_has(tree: dict[str, Any], path: Path) -> bool:

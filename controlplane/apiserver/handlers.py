@@ -94,6 +94,22 @@ _JSON_BODIES = frozenset({JSON, patch.MERGE_PATCH, patch.JSON_PATCH, patch.STRAT
 _YAML_BODIES = frozenset({"application/yaml", patch.APPLY_PATCH, "text/yaml"})
 
 
+class _YamlAsJsonLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """YAML as upstream reads it (sigs.k8s.io/yaml: YAML converted to JSON): an unquoted timestamp stays the string
+    it was written as, not a datetime."""
+
+
+_YamlAsJsonLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+def _yaml_body(raw: bytes) -> Any:
+    """A YAML body as JSON values: keys as strings (upstream writes a number key as its text), and a clear error
+    for what JSON cannot hold (binary, sets)."""
+    return jsonutil.loads(jsonutil.dumps(yaml.load(raw, Loader=_YamlAsJsonLoader), non_str_keys=True))
+
+
 def _header(request: Request, name: bytes) -> str | None:
     """``request.headers.get(name)`` for a lower-case name (ASGI servers lower-case header names), without building
     Starlette's Headers: a write looks up three or four headers."""
@@ -141,8 +157,10 @@ async def read_body(request: Request) -> Any:
         raise errors.unsupported_media_type(ctype)
     if ctype in _YAML_BODIES:
         try:
-            return yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
+            # As upstream converts YAML to JSON before decoding: a body is JSON values from here on, whichever way
+            # it came (the watch cache shares written objects as they are; see Cacher.written).
+            return _yaml_body(raw)
+        except (yaml.YAMLError, TypeError) as exc:
             raise errors.bad_request(f"error converting YAML to JSON: {exc}") from None
     try:
         return jsonutil.loads(raw)

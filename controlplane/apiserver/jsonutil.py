@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 
 
-def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)
+def dumps(obj: Any, non_str_keys: bool = False) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS) if non_str_keys else orjson.dumps(obj)
 
 
 def loads(data: bytes | str) -> Any:

@@ -176,6 +176,9 @@ class ResourceStore:
         # admission allocates are left out, so an attempt on a stale value never allocates.
         self._recent: dict[str, KeyValue] | None = (
             {} if self._guarded_store is not None and not self._admit_allocates else None)
+        # Whether the object a write returns is what decoding its stored value gives, so that the watch cache can
+        # take it instead (Cacher.written): not for kinds converted on the way in and out of storage.
+        self._shares_written = type(self.strategy).from_storage is Strategy.from_storage
 
     # ------------------------------------------------------------------------------------------- encoding
 
@@ -348,6 +351,8 @@ class ResourceStore:
                 raise errors.already_exists(self.rt.plural, self.rt.group, meta["name"]) from None
             self._saw(kv)
             meta["resourceVersion"] = str(kv.revision)
+            if self._shares_written:
+                self.cacher.written(key, kv.revision, obj)
             return obj
         raise errors.ApiError(500, "ServerTimeout", "could not generate a unique name; please retry")
 
@@ -554,6 +559,7 @@ class ResourceStore:
             if ctx.dry_run:
                 new["metadata"]["resourceVersion"] = str(kv.revision)
                 return None
+            result["wrote"] = new
             return self.encode(new)
 
         while True:
@@ -580,6 +586,8 @@ class ResourceStore:
             obj = result["obj"]
             if not ctx.dry_run:
                 obj["metadata"]["resourceVersion"] = str(kv.revision)
+                if self._shares_written and result.get("wrote") is obj:
+                    self.cacher.written(key, kv.revision, obj)
             return obj
 
     def _prepare_update(self, new: dict[str, Any], old: dict[str, Any], subresource: str | None) -> dict[str, Any]:

@@ -175,9 +175,22 @@ def _pod_cells(pod: dict[str, Any]) -> list[Any]:
             get_path(pod, "spec.nodeName") or "<none>", nominated, "<none>" if not gates else str(len(gates))]
 
 
+# Stored value -> the decoded PriorityClass: every pod create reads them all, and they rarely change.
+_decoded_classes: dict[bytes, dict[str, Any]] = {}
+
+
 async def _priority_classes(ctx: Any) -> list[dict[str, Any]]:
+    """The PriorityClasses as stored now (read only: the decoded objects are shared between creates)."""
     listing = await ctx.store.list("/registry/priorityclasses/")
-    return [orjson.loads(kv.value) for kv in listing.items]
+    out = []
+    for kv in listing.items:
+        decoded = _decoded_classes.get(kv.value)
+        if decoded is None:
+            if len(_decoded_classes) >= 1024:
+                _decoded_classes.clear()
+            decoded = _decoded_classes[kv.value] = orjson.loads(kv.value)
+        out.append(decoded)
+    return out
 
 
 class PodStrategy(Strategy):

@@ -201,12 +201,25 @@ def test_bad_dry_run_value(http: httpx.Client) -> None:
     ("application/json", b'{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "labels": []}}'),
     ("application/json", b'{"apiVersion": 1, "kind": ["ConfigMap"], "metadata": {"name": "x"}}'),
     ("application/yaml", b"a: [unclosed"),
+    ("application/yaml", b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bin}\nbinaryData: {b: !!binary aGk=}\n"),
     ("application/json", b"\xff\xfe garbage"),
 ])
 def test_garbage_bodies_never_cause_a_server_error(http: httpx.Client, content_type: str, body: bytes) -> None:
     response = http.post(CM_PATH, content=body, headers={"Content-Type": content_type})
     assert 400 <= response.status_code < 500, response.text
     status_of(response)
+
+
+def test_a_yaml_body_is_read_as_json_values(http: httpx.Client) -> None:
+    # As upstream converts YAML to JSON: an unquoted timestamp is the string as written, a number key its text.
+    body = b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: yaml-values}\ndata: {when: 2026-12-07T14:00:00Z}\n"
+    response = http.post(CM_PATH, content=body, headers={"Content-Type": "application/yaml"})
+    assert response.status_code == 201, response.text
+    assert http.get(f"{CM_PATH}/yaml-values").json()["data"] == {"when": "2026-12-07T14:00:00Z"}
+    body = b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: yaml-keys, labels: {7: seven}}\n"
+    response = http.post(CM_PATH, content=body, headers={"Content-Type": "application/yaml"})
+    assert response.status_code == 201, response.text
+    assert response.json()["metadata"]["labels"] == {"7": "seven"}
 
 
 @pytest.mark.parametrize(("content_type", "patch"), [

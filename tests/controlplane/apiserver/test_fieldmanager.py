@@ -160,6 +160,7 @@ def test_a_status_update_moves_ownership_of_what_it_changed() -> None:
     fm.record_update(flipped, running, "node-controller", "status")
     kubelet = _entry(flipped, "kubelet")["fieldsV1"]["f:status"]["f:conditions"]['k:{"type":"Ready"}']
     assert "f:status" not in kubelet and "f:type" in kubelet
+    assert "." in kubelet  # the item stays the kubelet's: it set the item, the node controller one field of it
     assert _entry(flipped, "node-controller")["fieldsV1"] == {
         "f:status": {"f:conditions": {'k:{"type":"Ready"}': {".": {}, "f:status": {}}}}}
 
