@@ -201,13 +201,26 @@ class Cacher:
         self._written: dict[str, tuple[int, dict[str, Any]]] = {}  # key -> (revision, object); see written()
         self._start_lock = asyncio.Lock()
 
-    async def ensure_started(self) -> None:
+    async def ensure_started(self, since: int | None = None) -> None:
+        """Start the upstream watch if it is not running. ``since``: the revision of the watch that needs the cache
+        (at most the current one). The cache starts there when the store still has the changes after it, so that
+        watch, and the others its informers' lists place at about that revision, are served from the cache
+        rather than each from a store watch of its own (the cache starts lazily, usually a little after the lists
+        its first watchers resume from)."""
         if self._started.is_set():
             return
         async with self._start_lock:
             if self._started.is_set():
                 return
-            self.revision = self.oldest = await self.store.current_revision()
+            current = await self.store.current_revision()
+            start = current
+            if since is not None and 0 < since < current:
+                try:
+                    await self.store.list(self.prefix, limit=1, revision=since + 1)
+                    start = since
+                except ExpiredError:
+                    pass  # compacted: that watch gets its 410 from the store
+            self.revision = self.oldest = start
             self._task = asyncio.create_task(self._run(), name=f"cacher {self.prefix}")
             self._started.set()
 

@@ -723,7 +723,6 @@ class ResourceStore:
                          resource_version: str | None, transform: Transform | None,
                          max_pending: int) -> tuple[Watcher, Callable[[], Awaitable[None]]]:
         """Start a watch; returns the watcher and a coroutine function that ends it."""
-        await self.cacher.ensure_started()
         prefix = self.rt.key_prefix(namespace)
         initial: list[dict[str, Any]] = []
         if resource_version in (None, "", "0"):
@@ -739,6 +738,7 @@ class ResourceStore:
                 revision = int(resource_version)
             except ValueError:
                 raise errors.bad_request(f'invalid resource version: "{resource_version}"') from None
+        await self.cacher.ensure_started(revision)
         watcher = Watcher(prefix, labels, fields, self.getters, revision, transform, self.decode, max_pending)
         for obj in initial:
             watcher.push_raw(transform("ADDED", obj) if transform else jsonutil.dumps({"type": "ADDED", "object": obj}))

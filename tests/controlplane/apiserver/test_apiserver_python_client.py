@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import kubernetes
 import pytest
-from apiserver_helpers import wait_until
+from apiserver_helpers import wait_until, watcher_count
 from kubernetes.client import AppsV1Api, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
@@ -400,6 +400,25 @@ def test_the_watch_cache_takes_a_write_as_it_was_answered(apiserver: ThreadedApi
     wait_until(lambda: configmaps.cacher.revision >= revision, message="the watch cache to see the create")
     event = next(e for e in configmaps.cacher.history if e.revision == revision)
     assert event._obj is not None and event._obj == created
+
+
+@pytest.mark.every_store
+def test_a_watch_from_before_the_cache_started_is_served_by_the_cache(apiserver: ThreadedApiServer,
+                                                                     http: httpx.Client) -> None:
+    # An informer lists, then watches from the list's revision; meanwhile other resources are written, so the
+    # resource's watch cache, started by that first watch, starts after the revision the watch asks for.
+    listed = http.get("/api/v1/namespaces/default/secrets").json()["metadata"]["resourceVersion"]
+    http.post("/api/v1/namespaces/default/secrets", json={"metadata": {"name": "early"}})
+    for i in range(3):
+        http.post("/api/v1/namespaces/default/configmaps", json=configmap(f"other-{i}"))
+    with http.stream("GET", "/api/v1/namespaces/default/secrets",
+                     params={"watch": "true", "resourceVersion": listed, "timeoutSeconds": "5"}) as stream:
+        lines = stream.iter_lines()
+        first = json.loads(next(lines))
+        assert (first["type"], first["object"]["metadata"]["name"]) == ("ADDED", "early")
+        # Served from the cache (one store watch for every watcher of the resource), not from a store watch of
+        # its own.
+        assert watcher_count(apiserver, "", "v1", "secrets") == 1
 
 
 @pytest.mark.every_store
