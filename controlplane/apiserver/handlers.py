@@ -390,6 +390,7 @@ class ApiHandlers:
             watcher.push_raw(jsonutil.dumps({"type": "BOOKMARK", "object": self._bookmark(
                 t.rt, max(watcher.min_revision, 1), initial_end=True)}))
         interval = self.state.options.bookmark_interval
+        linger = self.state.options.watch_linger
         loop = asyncio.get_running_loop()
 
         async def frames() -> AsyncIterator[bytes]:
@@ -403,7 +404,7 @@ class ApiHandlers:
                     wait = deadline - now
                     if bookmarks and transform is None:
                         wait = min(wait, max(next_bookmark - now, 0))
-                    batch = await watcher.next_batch(wait)
+                    batch = await watcher.next_batch(wait, linger)
                     if batch:
                         yield b"\n".join(batch) + b"\n"
                     if watcher.closed is not None and not watcher.pending:
