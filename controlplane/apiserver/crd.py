@@ -253,6 +253,9 @@ class CustomResourceStrategy(Strategy):
         body = {k: v for k, v in obj.items() if k != "metadata"}
         return [_error_cause(e) for e in sorted(self.validator.iter_errors(body), key=lambda e: list(e.path))]
 
+    def validate_status_update(self, new: dict[str, Any], old: dict[str, Any]) -> list[Cause]:
+        return self.validate_update(new, old)  # the CRD's schema covers the status too
+
 
 def _printer_table(columns: list[dict[str, Any]]) -> Table | None:
     if not columns:

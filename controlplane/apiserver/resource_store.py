@@ -402,7 +402,8 @@ class ResourceStore:
         if stored is not None and getattr(self.strategy, "schema", None) is None:
             changed = {k: v for k, v in obj.items() if k not in stored or stored[k] != v}
             walked = list(changed)
-            dropped = schemas.drop_unknown_fields(changed, schema, mistyped=mistyped)  # changes `obj`'s values too
+            # Changes `obj`'s values too; below the top level, what equals the stored value is not walked again.
+            dropped = schemas.drop_unknown_fields(changed, schema, mistyped=mistyped, stored=stored)
             for key in walked:
                 if key not in changed:  # an unknown top-level field
                     del obj[key]
@@ -464,10 +465,15 @@ class ResourceStore:
             meta["name"] = name
         return obj
 
-    def _validate(self, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+    def _validate(self, obj: dict[str, Any], old: dict[str, Any] | None, subresource: str | None = None) -> None:
         causes = validate_metadata(obj, self.rt.name_rule, self.rt.namespaced)
         if not causes:
-            causes = self.strategy.validate(obj) if old is None else self.strategy.validate_update(obj, old)
+            if old is None:
+                causes = self.strategy.validate(obj)
+            elif subresource == "status":
+                causes = self.strategy.validate_status_update(obj, old)
+            else:
+                causes = self.strategy.validate_update(obj, old)
         if old is not None and old["metadata"].get("deletionTimestamp"):
             added = set(obj["metadata"].get("finalizers") or []) - set(old["metadata"].get("finalizers") or [])
             if added:
@@ -534,7 +540,7 @@ class ResourceStore:
             if rv and rv != str(kv.revision):
                 raise errors.conflict(self.rt.plural, self.rt.group, name, errors.STALE_OBJECT)
             new = self._prepare_update(new, old, subresource)
-            self._validate(new, old)
+            self._validate(new, old, subresource)
             await self.strategy.admit(ctx, new, old)
             meta = new["metadata"]
             if (meta.get("deletionTimestamp") and not meta.get("finalizers") and not self.strategy.blocks_deletion(new)
@@ -592,7 +598,10 @@ class ResourceStore:
 
     def _prepare_update(self, new: dict[str, Any], old: dict[str, Any], subresource: str | None) -> dict[str, Any]:
         if subresource == "status":
-            merged = jsonutil.copy_json(old)
+            # The stored object with the new status. `old` is this attempt's own decoded copy and is only read from
+            # here on, so the rest is shared with it; metadata is the one part the write changes (managedFields,
+            # resourceVersion), so it is copied.
+            merged = {**old, "metadata": dict(old["metadata"])}
             merged["status"] = new.get("status")
             if merged["status"] is None:
                 merged.pop("status")

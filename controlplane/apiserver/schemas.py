@@ -133,14 +133,17 @@ def _decode_problem(obj: Any, schema: dict[str, Any], path: str) -> str | None:
 
 
 def drop_unknown_fields(obj: Any, schema: dict[str, Any] | None, path: str = "",
-                        mistyped: list[str] | None = None) -> list[str]:
+                        mistyped: list[str] | None = None, stored: Any = None) -> list[str]:
     """Remove, in place, the fields of ``obj`` the schema does not declare, as decoding into upstream's typed
     structs does; return their dotted paths for the `fieldValidation` warning or error.
 
     With ``mistyped``, the same walk also collects values of the wrong JSON type (a number where a string belongs),
-    which upstream's decoder refuses outright whatever `fieldValidation` says; their subtrees are not descended."""
+    which upstream's decoder refuses outright whatever `fieldValidation` says; their subtrees are not descended.
+
+    ``stored``: the value ``obj`` replaces, as it was stored. Fields (and list items, by position) equal to it
+    passed this walk when they were written and are not walked again: a status update walks what it changed."""
     dropped: list[str] = []
-    _check_value(_node(schema), obj, path, mistyped, dropped, True)
+    _check_value(_node(schema), obj, path, mistyped, dropped, True, stored)
     return dropped
 
 
@@ -168,7 +171,7 @@ class _Node:
         self.schema = schema
         self.skip = schema is None or bool(schema.get("x-kubernetes-preserve-unknown-fields"))
         self.fits: frozenset[type] | None = None  # None: every value decodes as far as its type goes
-        self.strings = False  # strings need the exact check (Quantity grammar, RFC 3339 times)
+        self.strings: re.Pattern[str] | None = None  # the grammar strings must match (Quantity, RFC 3339 times)
         self.open = True
         self.props: dict[str, Any] = {}
         self.kids: dict[str, _Node] = {}
@@ -186,7 +189,10 @@ class _Node:
         if allowed is not None:
             # A type name outside JSON's (none in practice) leaves its values to the exact check.
             self.fits = frozenset(t for name in allowed for t in _FITS.get(name, ()))
-        self.strings = schema is definitions().get(_QUANTITY_DEF) or schema.get("format") == "date-time"
+        # Strings of these are checked against a grammar; one that matches it decodes, any other takes the exact
+        # check (which words the error, and lets an empty time through as upstream does).
+        self.strings = (_QUANTITY if schema is definitions().get(_QUANTITY_DEF)
+                        else _RFC3339 if schema.get("format") == "date-time" else None)
         self.open = _is_open(schema)
         self.props = schema.get("properties") or {}
         self.extra = schema.get("additionalProperties")
@@ -235,27 +241,33 @@ def _node(schema: dict[str, Any] | None) -> _Node:
 
 
 def _check_value(node: _Node, obj: Any, path: str, mistyped: list[str] | None, dropped: list[str],
-                 drop: bool) -> None:
+                 drop: bool, stored: Any = None) -> None:
     """One value at ``path`` against its node: type (with ``mistyped``), then unknown fields below it."""
     if node.skip:
         return
     if mistyped is not None and obj is not None:
         fits = node.fits
-        if (fits is not None and type(obj) not in fits) or (node.strings and type(obj) is str):
+        strings = node.strings
+        if ((fits is not None and type(obj) not in fits)
+                or (strings is not None and type(obj) is str and strings.match(obj) is None)):
             problem = _decode_problem(obj, node.schema, path[1:] or "<root>")  # type: ignore[arg-type]
             if problem is not None:
                 mistyped.append(problem)
                 return
     if isinstance(obj, (dict, list)):
-        _walk(node, obj, path, mistyped, dropped, drop)
+        _walk(node, obj, path, mistyped, dropped, drop, stored)
+
+
+_ABSENT: Any = object()
 
 
 def _walk(node: _Node, obj: dict[str, Any] | list[Any], path: str, mistyped: list[str] | None,
-          dropped: list[str], drop: bool) -> None:
+          dropped: list[str], drop: bool, stored: Any = None) -> None:
     if isinstance(obj, dict):
         if node.open:
             return
         keep_unknown = node.extra is True
+        before = stored if type(stored) is dict else None
         for key in list(obj):
             child = node.child(key)
             if child is None:
@@ -267,21 +279,33 @@ def _walk(node: _Node, obj: dict[str, Any] | list[Any], path: str, mistyped: lis
             if child.skip:
                 continue
             value = obj[key]
+            previous = _ABSENT
+            if before is not None:
+                previous = before.get(key, _ABSENT)
+                if previous == value:
+                    continue
             if mistyped is not None and value is not None:
                 fits = child.fits
-                if (fits is not None and type(value) not in fits) or (child.strings and type(value) is str):
+                strings = child.strings
+                if ((fits is not None and type(value) not in fits)
+                        or (strings is not None and type(value) is str and strings.match(value) is None)):
                     problem = _decode_problem(value, child.schema, f"{path}.{key}"[1:])  # type: ignore[arg-type]
                     if problem is not None:
                         mistyped.append(problem)
                         continue
             if isinstance(value, (dict, list)):
-                _walk(child, value, f"{path}.{key}", mistyped, dropped, drop)
+                _walk(child, value, f"{path}.{key}", mistyped, dropped, drop,
+                      None if previous is _ABSENT else previous)
     else:
         item = node.item_node()
         if item is None or item.skip:
             return
+        before_items = stored if type(stored) is list else ()
         for i, value in enumerate(obj):
-            _check_value(item, value, f"{path}[{i}]", mistyped, dropped, drop)
+            previous = before_items[i] if i < len(before_items) else None
+            if previous is not None and previous == value:
+                continue
+            _check_value(item, value, f"{path}[{i}]", mistyped, dropped, drop, previous)
 
 
 def definition(name: str) -> dict[str, Any] | None:

@@ -151,6 +151,12 @@ class Strategy:
     def validate_update(self, new: dict[str, Any], old: dict[str, Any]) -> list[Cause]:
         return self.validate(new)
 
+    def validate_status_update(self, new: dict[str, Any], old: dict[str, Any]) -> list[Cause]:
+        """A write to the status subresource, where only the status changed (spec and metadata are as stored).
+        The built-in kinds' validation covers what their clients write, not status, so there is nothing to check:
+        upstream's status strategies validate the status alone, and never the stored spec again."""
+        return []
+
     def blocks_deletion(self, obj: dict[str, Any]) -> bool:
         """Whether something besides metadata.finalizers keeps the object after a delete (namespaces' spec.finalizers)."""
         return False
