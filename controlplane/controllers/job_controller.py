@@ -369,6 +369,10 @@ class JobController:
                                              option(ctx, "job_max_pod_failure_backoff", 600.0))
         self.expectations = Expectations()
         self.finalizer_expectations: dict[str, set[str]] = {}
+        # The Job as this controller last wrote its status, until the informer catches up with it: the counts of
+        # pods whose tracking finalizer is already gone live only there, and a sync on an older copy would see too
+        # few succeeded pods and create more than the Job needs.
+        self._written: dict[str, Obj] = {}
         self.backoff: dict[str, BackoffRecord] = {}
 
     def setup(self, client: ApiClient, informers: SharedInformerFactory, enqueue: Enqueue) -> None:
@@ -512,11 +516,18 @@ class JobController:
 
     async def _sync_job(self, key: str) -> None:
         cached = self.job_informer.get(key)
+        written = self._written.get(key)
         if cached is None:
+            self._written.pop(key, None)
             self.expectations.forget(key)
             self.finalizer_expectations.pop(key, None)
             self.backoff.pop(key, None)
             return
+        if written is not None:
+            if meta(written).get("uid") == meta(cached).get("uid") and _newer(written, cached):
+                cached = written
+            else:
+                del self._written[key]  # the informer has caught up (or the Job was recreated)
         job = copy_object(cached)
         if is_finished(job):
             self.backoff.pop(key, None)
@@ -974,6 +985,15 @@ class JobController:
         status["uncountedTerminatedPods"] = {k: v for k, v in uncounted.items() if v}
         updated = await self.client.update_status(JOBS, job)
         meta(job)["resourceVersion"] = meta(updated).get("resourceVersion")
+        self._written[key_of(job)] = updated
+
+
+def _newer(a: Obj, b: Obj) -> bool:
+    """Whether ``a`` is a later version of the object than ``b`` (resourceVersions are revisions here)."""
+    try:
+        return int(meta(a).get("resourceVersion") or 0) > int(meta(b).get("resourceVersion") or 0)
+    except ValueError:
+        return False
 
 
 def _clean_uncounted(status: Obj, with_finalizer: set[str]) -> bool:
