@@ -114,8 +114,11 @@ async def test_pods_on_a_deleted_node_are_failed_and_deleted_after_the_quarantin
         await wait_for(lambda: kube.gone(PODS, "orphan", "default"))
         assert time.monotonic() - began >= quarantine, "orphans are deleted only after the quarantine"
 
+        async def held_deleted() -> bool:  # deleted too (a finalizer keeps it visible); the two are not ordered
+            return bool((await client.get(PODS, "orphan-held", "default"))["metadata"].get("deletionTimestamp"))
+
+        await wait_for(held_deleted)
         held = await client.get(PODS, "orphan-held", "default")
-        assert held["metadata"].get("deletionTimestamp"), "deleted too (a finalizer keeps it visible)"
         assert held["metadata"].get("deletionGracePeriodSeconds") == 0
         assert held["status"]["phase"] == "Failed", "nothing else would ever say how it ended"
         target = _condition(held, "DisruptionTarget")
