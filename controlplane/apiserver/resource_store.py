@@ -472,6 +472,8 @@ class ResourceStore:
                 causes = self.strategy.validate(obj)
             elif subresource == "status":
                 causes = self.strategy.validate_status_update(obj, old)
+            elif subresource == "binding":
+                causes = []  # the server set the node (and annotations, checked with the metadata), as upstream
             else:
                 causes = self.strategy.validate_update(obj, old)
         if old is not None and old["metadata"].get("deletionTimestamp"):
@@ -620,7 +622,8 @@ class ResourceStore:
                 new["status"] = old["status"]
             else:
                 new.pop("status", None)
-        self.strategy.defaults(new)
+        if subresource != "binding":  # a binding changes nothing that defaulting fills in
+            self.strategy.defaults(new)
         if subresource is None:
             self.strategy.prepare_for_update(new, old)
         if self.strategy.track_generation:
