@@ -47,9 +47,10 @@ class ServerOptions:
     bookmark_interval: float = 10.0  # seconds between BOOKMARK events for watchers that allow them
     watch_max_pending: int = 20_000  # frames a slow watcher may lag before it is ended
     watch_window: int = 2048  # events per resource kept for replaying watches from memory
-    # Seconds a watch that was idle waits after its first new event for more to send with it. Each send costs the
-    # server a syscall and wakes the client for a read of its own; under load this gathers a watcher's events into
-    # fewer, larger writes, for at most this much more latency (upstream's watch is unbatched; Go pays less).
+    # Least seconds between two writes of one watch. Each write costs the server a syscall and wakes the client for
+    # a read of its own; under load this gathers a watcher's events into fewer, larger writes, for at most this
+    # much more latency, while an event after a quiet spell is written at once (upstream's watch is unbatched;
+    # Go pays less per write).
     watch_linger: float = 0.002
 
 

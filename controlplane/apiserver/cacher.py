@@ -98,6 +98,7 @@ class Watcher:
         self.unfiltered = labels.empty and fields.empty
         self.pending: deque[bytes] = deque()
         self._waiter: asyncio.Future[None] | None = None  # set while next_batch waits
+        self._sent_at = float("-inf")  # loop time of the last batch next_batch answered with
         self.closed: BaseException | None = None
         self.last_revision = min_revision
         self.node: str | None = fields.exact(INDEXED_FIELD)
@@ -159,12 +160,13 @@ class Watcher:
             waiter.set_result(None)
 
     async def next_batch(self, timeout: float | None, linger: float = 0.0) -> list[bytes]:
-        """Wait for frames; an empty list means the timeout passed with nothing to send. ``linger``: once there is
-        a frame, wait that long for more before answering (see ServerOptions.watch_linger)."""
+        """Wait for frames; an empty list means the timeout passed with nothing to send. ``linger``: batches are at
+        least this far apart. A frame after a quiet spell goes at once; one that comes within ``linger`` of the
+        last batch waits out the rest of it, with whatever else comes meanwhile (see ServerOptions.watch_linger)."""
+        loop = asyncio.get_running_loop()
         if not self.pending and self.closed is None:
             # A bare future and a timer rather than wait_for(Event.wait()): on Python 3.11 wait_for wraps the wait
             # in a new Task each call, which was a fifth of the CPU of fanning an event out to 100 watchers.
-            loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
             timer = loop.call_later(timeout, _wake_on_timeout, waiter) if timeout is not None else None
             try:
@@ -175,8 +177,11 @@ class Watcher:
                     timer.cancel()
             if not self.pending and self.closed is None:
                 return []
-            if linger and self.closed is None:
-                await asyncio.sleep(linger)
+        if linger and self.closed is None:
+            early = self._sent_at + linger - loop.time()
+            if early > 0:
+                await asyncio.sleep(early)
+        self._sent_at = loop.time()
         batch = list(self.pending)
         self.pending.clear()
         return batch
