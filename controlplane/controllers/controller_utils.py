@@ -34,7 +34,6 @@ from controlplane.client import (
 )
 from controlplane.client import errors as api_errors
 from controlplane.client.protocol import copy_object
-from controlplane.client.resources import EVENTS
 from controlplane.scheduler.labels import label_selector
 
 log = logging.getLogger(__name__)
@@ -629,36 +628,6 @@ class ControllerRefManager:
 
 
 # ------------------------------------------------------------------------------------------------------- events
-
-
-class EventRecorder:
-    """Writes core/v1 Events about an object, as upstream controllers do (`kubectl describe` shows them).
-
-    Best effort: a failed event write is logged and dropped, never failing the reconcile that recorded it.
-    """
-
-    def __init__(self, client: ApiClient, component: str, clock: Clock) -> None:
-        self.client = client
-        self.component = component
-        self.clock = clock
-
-    async def event(self, obj: Mapping[str, Any], event_type: str, reason: str, message: str) -> None:
-        m = meta(obj)
-        namespace = m.get("namespace") or "default"
-        now = format_time(self.clock.now())
-        event = {
-            "metadata": {"generateName": f"{m.get('name', 'object')}.", "namespace": namespace},
-            "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": m.get("name"),
-                               "namespace": m.get("namespace"), "uid": m.get("uid"),
-                               "resourceVersion": m.get("resourceVersion")},
-            "reason": reason, "message": message, "type": event_type,
-            "source": {"component": self.component}, "reportingComponent": self.component, "reportingInstance": "",
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        }
-        try:
-            await self.client.create(EVENTS, event, namespace)
-        except Exception as exc:  # noqa: BLE001 - events are best effort by design
-            log.debug("could not record event %s for %s: %r", reason, m.get("name"), exc)
 
 
 # ------------------------------------------------------------------------------------------------------- misc

@@ -27,9 +27,9 @@ from controlplane.client import errors as api_errors
 from controlplane.client.protocol import copy_object
 from controlplane.client.resources import CRONJOBS, JOBS
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
+from controlplane.client.events import EventRecorder
 from controlplane.controllers.controller_utils import (
     CONTROLLER_INDEX,
-    EventRecorder,
     Obj,
     Timers,
     add_indexes,
@@ -167,6 +167,7 @@ class CronJobController:
 
     async def shutdown(self) -> None:
         await self.timers.stop()
+        await self.events.aclose()
 
     def _job_event(self, job: Obj) -> None:
         cj = resolve_controller_ref(self.cj_informer, job, "CronJob")
@@ -227,12 +228,12 @@ class CronJobController:
                     active = status.setdefault("active", [])
                     active_uids = {a.get("uid") for a in active}
                     continue
-                await self.events.event(cj, "Warning", "UnexpectedJob",
+                self.events.event(cj, "Warning", "UnexpectedJob",
                                         f"Saw a job that the controller did not create or forgot: {meta(job)['name']}")
             elif uid in active_uids and done:
                 active[:] = [a for a in active if a.get("uid") != uid]
                 active_uids.discard(uid)
-                await self.events.event(cj, "Normal", "SawCompletedJob",
+                self.events.event(cj, "Normal", "SawCompletedJob",
                                         f"Saw completed job: {meta(job)['name']}, condition: {kind}")
                 changed = True
             if done and kind == "Complete":
@@ -248,7 +249,7 @@ class CronJobController:
                 await self.client.get(JOBS, ref.get("name", ""), ref.get("namespace"))
             except NotFound:
                 # The job went missing: forget it, so it cannot hold a Forbid cronjob forever.
-                await self.events.event(cj, "Normal", "MissingJob", f"Active job went missing: {ref.get('name')}")
+                self.events.event(cj, "Normal", "MissingJob", f"Active job went missing: {ref.get('name')}")
                 active[:] = [a for a in active if a.get("uid") != ref.get("uid")]
                 changed = True
         if meta(cj).get("deletionTimestamp"):
@@ -260,23 +261,23 @@ class CronJobController:
             schedule = parse_schedule(spec.get("schedule") or "", spec.get("timeZone"))
         except ScheduleError as exc:
             reason = "UnknownTimeZone" if "location" in str(exc) else "UnparseableSchedule"
-            await self.events.event(cj, "Warning", reason, f"unparseable schedule: {spec.get('schedule')!r} : {exc}")
+            self.events.event(cj, "Warning", reason, f"unparseable schedule: {spec.get('schedule')!r} : {exc}")
             return None, changed, None
         try:
             _, scheduled, missed = most_recent_schedule_time(cj, now, schedule, True)
         except ScheduleError as exc:
-            await self.events.event(cj, "Warning", "InvalidSchedule", f"invalid schedule: {spec.get('schedule')} : "
+            self.events.event(cj, "Warning", "InvalidSchedule", f"invalid schedule: {spec.get('schedule')} : "
                                                                      f"{exc}")
             return None, changed, None
         if scheduled is not None and missed > TOO_MANY_MISSED:
-            await self.events.event(cj, "Warning", "TooManyMissedTimes", "too many missed start times. Set or "
+            self.events.event(cj, "Warning", "TooManyMissedTimes", "too many missed start times. Set or "
                                     "decrease .spec.startingDeadlineSeconds or check clock skew")
         if scheduled is None or scheduled > now:
             return self._next_delay(cj, now, schedule), changed, None
         deadline = spec.get("startingDeadlineSeconds")
         if deadline is not None and scheduled + int(deadline) < now:
             stamp = dt.datetime.fromtimestamp(scheduled, dt.UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
-            await self.events.event(cj, "Warning", "MissSchedule", f"Missed scheduled time to start a job: {stamp}")
+            self.events.event(cj, "Warning", "MissSchedule", f"Missed scheduled time to start a job: {stamp}")
             return self._next_delay(cj, now, schedule), changed, None
         name = job_name(cj, scheduled)
         if (any(a.get("name") == name for a in active)
@@ -284,7 +285,7 @@ class CronJobController:
             return self._next_delay(cj, now, schedule), changed, None
         policy = spec.get("concurrencyPolicy") or "Allow"
         if policy == "Forbid" and active:
-            await self.events.event(cj, "Normal", "JobAlreadyActive", "Not starting job because prior execution is "
+            self.events.event(cj, "Normal", "JobAlreadyActive", "Not starting job because prior execution is "
                                     "running and concurrency policy is Forbid")
             return self._next_delay(cj, now, schedule), changed, None
         if policy == "Replace":
@@ -296,7 +297,7 @@ class CronJobController:
                     changed = True
                     continue
                 except api_errors.ApiError as exc:
-                    await self.events.event(cj, "Warning", "FailedGet", f"Get job: {exc}")
+                    self.events.event(cj, "Warning", "FailedGet", f"Get job: {exc}")
                     return None, changed, exc
                 await self._delete_job(cj, job)
                 changed = True
@@ -314,10 +315,10 @@ class CronJobController:
             if meta(created).get("uid") in {a.get("uid") for a in active}:
                 return None, changed, None
         except api_errors.ApiError as exc:
-            await self.events.event(cj, "Warning", "FailedCreate", f"Error creating job: {exc}")
+            self.events.event(cj, "Warning", "FailedCreate", f"Error creating job: {exc}")
             return None, changed, exc
         else:
-            await self.events.event(cj, "Normal", "SuccessfulCreate", f"Created job {name}")
+            self.events.event(cj, "Normal", "SuccessfulCreate", f"Created job {name}")
         active.append({"kind": "Job", "namespace": meta(created).get("namespace"), "name": meta(created)["name"],
                        "uid": meta(created).get("uid"), "apiVersion": "batch/v1",
                        "resourceVersion": meta(created).get("resourceVersion")})
@@ -354,12 +355,12 @@ class CronJobController:
         except NotFound:
             pass
         except api_errors.ApiError as exc:
-            await self.events.event(cj, "Warning", "FailedDelete", f"Deleted job: {exc}")
+            self.events.event(cj, "Warning", "FailedDelete", f"Deleted job: {exc}")
             return False
         # In place: the caller holds this list and appends the replacement to it.
         active = cj.setdefault("status", {}).setdefault("active", [])
         active[:] = [a for a in active if a.get("uid") != meta(job).get("uid")]
-        await self.events.event(cj, "Normal", "SuccessfulDelete", f"Deleted job {meta(job)['name']}")
+        self.events.event(cj, "Normal", "SuccessfulDelete", f"Deleted job {meta(job)['name']}")
         return True
 
     async def _cleanup_finished(self, cj: Obj, jobs: list[Obj]) -> bool:

@@ -20,10 +20,10 @@ from controlplane.client import errors as api_errors
 from controlplane.client.protocol import copy_object
 from controlplane.client.resources import CONTROLLERREVISIONS, DAEMONSETS, NODES, PODS
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
+from controlplane.client.events import EventRecorder
 from controlplane.controllers.controller_utils import (
     CONTROLLER_REVISION_HASH_LABEL,
     ControllerRefManager,
-    EventRecorder,
     Expectations,
     Obj,
     Timers,
@@ -190,6 +190,7 @@ class DaemonSetController:
 
     async def shutdown(self) -> None:
         await self.timers.stop()
+        await self.events.aclose()
 
     # -- events -----------------------------------------------------------------------------------------------
 
@@ -261,7 +262,7 @@ class DaemonSetController:
             return DONE
         ds = copy_object(cached)
         if is_empty_selector((ds.get("spec") or {}).get("selector")):
-            await self.events.event(ds, "Warning", "SelectingAll",
+            self.events.event(ds, "Warning", "SelectingAll",
                                     "This daemon set is selecting all pods. A non-empty selector is required.")
             return DONE
         if meta(ds).get("deletionTimestamp"):
@@ -477,7 +478,7 @@ class DaemonSetController:
                 self.expectations.lower(key, add=skipped)
             errors.extend(r for r in results if isinstance(r, BaseException))
             if created:
-                await self.events.event(ds, "Normal", "SuccessfulCreate",
+                self.events.event(ds, "Normal", "SuccessfulCreate",
                                         f"Created pod{'s' if created > 1 else ''} on {created} node"
                                         f"{'s' if created > 1 else ''}")
         for pod in delete:
@@ -490,7 +491,7 @@ class DaemonSetController:
                 self.expectations.deletion_observed(key)
                 errors.append(exc)
             else:
-                await self.events.event(ds, "Normal", "SuccessfulDelete", f"Deleted pod: {meta(pod)['name']}")
+                self.events.event(ds, "Normal", "SuccessfulDelete", f"Deleted pod: {meta(pod)['name']}")
         if errors:
             error = errors[0]
             raise error if isinstance(error, Exception) else RuntimeError(str(error))

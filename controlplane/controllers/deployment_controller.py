@@ -27,11 +27,11 @@ from controlplane.client import errors as api_errors
 from controlplane.client.protocol import copy_object
 from controlplane.client.resources import DEPLOYMENTS, PODS, REPLICASETS
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
+from controlplane.client.events import EventRecorder
 from controlplane.controllers.controller_utils import (
     CONTROLLER_INDEX,
     POD_TEMPLATE_HASH_LABEL,
     ControllerRefManager,
-    EventRecorder,
     Obj,
     Timers,
     add_indexes,
@@ -288,6 +288,7 @@ class DeploymentController:
 
     async def shutdown(self) -> None:
         await self.timers.stop()
+        await self.events.aclose()
 
     # -- event handlers ---------------------------------------------------------------------------------------
 
@@ -345,7 +346,7 @@ class DeploymentController:
         d = copy_object(cached)
         spec = d.get("spec") or {}
         if is_empty_selector(spec.get("selector")):
-            await self.events.event(d, "Warning", "SelectingAll",
+            self.events.event(d, "Warning", "SelectingAll",
                                     "This deployment is selecting all pods. A non-empty selector is required.")
             if int((d.get("status") or {}).get("observedGeneration") or 0) < int(meta(d).get("generation") or 1):
                 d.setdefault("status", {})["observedGeneration"] = meta(d).get("generation", 1)
@@ -498,7 +499,7 @@ class DeploymentController:
                     pass
             raise
         if not already_exists and _replicas(created) > 0:
-            await self.events.event(d, "Normal", "ScalingReplicaSet",
+            self.events.event(d, "Normal", "ScalingReplicaSet",
                                     f"Scaled up replica set {name} from 0 to {_replicas(created)}")
         await self._set_revision(d, new_revision)
         if not already_exists and has_progress_deadline(d):
@@ -520,7 +521,7 @@ class DeploymentController:
         set_replicas_annotations(body, desired, max_total)
         updated = await self.client.update(REPLICASETS, body)
         if size_changed:
-            await self.events.event(d, "Normal", "ScalingReplicaSet",
+            self.events.event(d, "Normal", "ScalingReplicaSet",
                                     f"Scaled {operation} replica set {meta(rs)['name']} from {old_scale} to {new_scale}")
         return size_changed, updated
 

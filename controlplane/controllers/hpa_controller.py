@@ -36,8 +36,8 @@ from controlplane.client import errors as api_errors
 from controlplane.client.protocol import copy_object
 from controlplane.client.resources import HORIZONTALPODAUTOSCALERS, PODS
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
+from controlplane.client.events import EventRecorder
 from controlplane.controllers.controller_utils import (
-    EventRecorder,
     Obj,
     Timers,
     controller_clock,
@@ -163,6 +163,7 @@ class HorizontalPodAutoscalerController:
 
     async def shutdown(self) -> None:
         await self.timers.stop()
+        await self.events.aclose()
 
     def _deleted(self, hpa: Obj) -> None:
         key = key_of(hpa)
@@ -199,7 +200,7 @@ class HorizontalPodAutoscalerController:
             scale = await self.client.get_subresource(target, ref.get("name", ""), "scale", namespace)
         except (KeyError, api_errors.ApiError) as exc:
             message = f"the HPA controller was unable to get the target's current scale: {exc}"
-            await self.events.event(hpa, "Warning", "FailedGetScale", str(exc))
+            self.events.event(hpa, "Warning", "FailedGetScale", str(exc))
             set_condition(hpa, "AbleToScale", "False", "FailedGetScale", message, self._now())
             await self._update_status_if_needed(original, hpa)
             raise RuntimeError(f"failed to query scale subresource for {reference}: {exc}") from exc
@@ -231,7 +232,7 @@ class HorizontalPodAutoscalerController:
                 self._set_status(hpa, current, int((hpa.get("status") or {}).get("desiredReplicas") or 0),
                                  statuses, False)
                 await self._update_status_if_needed(original, hpa)
-                await self.events.event(hpa, "Warning", "FailedComputeMetricsReplicas", str(error))
+                self.events.event(hpa, "Warning", "FailedComputeMetricsReplicas", str(error))
                 raise RuntimeError(f"failed to compute desired number of replicas based on listed metrics for "
                                    f"{reference}: {error}")
             desired = max(desired, proposal)
@@ -250,7 +251,7 @@ class HorizontalPodAutoscalerController:
             try:
                 await self.client.update_subresource(target, body, "scale", name=ref.get("name"), namespace=namespace)
             except api_errors.ApiError as exc:
-                await self.events.event(hpa, "Warning", "FailedRescale",
+                self.events.event(hpa, "Warning", "FailedRescale",
                                         f"New size: {desired}; reason: {rescale_reason}; error: {exc}")
                 set_condition(hpa, "AbleToScale", "False", "FailedUpdateScale",
                               f"the HPA controller was unable to update the target scale: {exc}", self._now())
@@ -260,7 +261,7 @@ class HorizontalPodAutoscalerController:
                 raise RuntimeError(f"failed to rescale {reference}: {exc}") from exc
             set_condition(hpa, "AbleToScale", "True", "SucceededRescale",
                           f"the HPA controller was able to update the target scale to {desired}", self._now())
-            await self.events.event(hpa, "Normal", "SuccessfulRescale",
+            self.events.event(hpa, "Normal", "SuccessfulRescale",
                                     f"New size: {desired}; reason: {rescale_reason}")
             self._store_scale_event(spec.get("behavior"), key, current, desired)
         else:

@@ -27,10 +27,10 @@ from controlplane.client import errors as api_errors
 from controlplane.client.protocol import copy_object
 from controlplane.client.resources import JOBS, PODS
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
+from controlplane.client.events import EventRecorder
 from controlplane.controllers.controller_utils import (
     CONTROLLER_INDEX,
     ControllerRefManager,
-    EventRecorder,
     Expectations,
     Obj,
     Timers,
@@ -389,6 +389,7 @@ class JobController:
 
     async def shutdown(self) -> None:
         await self.timers.stop()
+        await self.events.aclose()
 
     # -- events -----------------------------------------------------------------------------------------------
 
@@ -534,7 +535,7 @@ class JobController:
             return
         spec = job.setdefault("spec", {})
         if spec.get("completionMode") not in (None, "NonIndexed", "Indexed"):
-            await self.events.event(job, "Warning", "UnknownCompletionMode",
+            self.events.event(job, "Warning", "UnknownCompletionMode",
                                     "Skipped Job sync because completion mode is unknown")
             return
         status = job.setdefault("status", {})
@@ -621,10 +622,10 @@ class JobController:
                     if ensure_condition(conditions, "Suspended", "True", "JobSuspended", "Job suspended",
                                         self._now()):
                         suspend_changed = True
-                        await self.events.event(job, "Normal", "Suspended", "Job suspended")
+                        self.events.event(job, "Normal", "Suspended", "Job suspended")
                 elif ensure_condition(conditions, "Suspended", "False", "JobResumed", "Job resumed", self._now()):
                     suspend_changed = True
-                    await self.events.event(job, "Normal", "Resumed", "Job resumed")
+                    self.events.event(job, "Normal", "Resumed", "Job resumed")
                     # activeDeadlineSeconds counts continuous activity: resuming restarts the clock.
                     status["startTime"] = self._now()
         needs_update = (suspend_changed or active != int(status.get("active") or 0)
@@ -837,7 +838,7 @@ class JobController:
             self.expectations.creation_observed(key)
         failures = [r for r in results if isinstance(r, BaseException)]
         if created:
-            await self.events.event(job, "Normal", "SuccessfulCreate",
+            self.events.event(job, "Normal", "SuccessfulCreate",
                                     f"Created pod{'s' if created > 1 else ''}: " + ", ".join(
                                         meta(r)["name"] for r in results if isinstance(r, dict)))
         if failures:
@@ -975,9 +976,9 @@ class JobController:
         if cond is None:
             return
         if cond["type"] == "Complete":
-            await self.events.event(job, "Normal", "Completed", "Job completed")
+            self.events.event(job, "Normal", "Completed", "Job completed")
         else:
-            await self.events.event(job, "Warning", cond.get("reason", ""), cond.get("message", ""))
+            self.events.event(job, "Warning", cond.get("reason", ""), cond.get("message", ""))
 
     async def _write_status(self, job: Obj) -> None:
         status = job["status"]

@@ -24,7 +24,7 @@ from controlplane.client import ApiClient, ApiError, NotFound, SharedInformerFac
 from controlplane.client.resources import LEASES, NODES, PODS
 from controlplane.controllers import podutil
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
-from controlplane.controllers.events import NORMAL, EventRecorder
+from controlplane.client.events import NORMAL, EventRecorder
 
 log = logging.getLogger(__name__)
 

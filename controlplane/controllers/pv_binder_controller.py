@@ -25,7 +25,7 @@ from typing import Any
 from controlplane.client import ApiClient, NotFound, SharedInformerFactory, split_key
 from controlplane.client.resources import NODES, PERSISTENTVOLUMECLAIMS, PERSISTENTVOLUMES, STORAGECLASSES
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
-from controlplane.controllers.events import NORMAL, WARNING, EventRecorder
+from controlplane.client.events import NORMAL, WARNING, EventRecorder
 from controlplane.scheduler.labels import label_selector, parse_node_selector
 from controlplane.scheduler.quantity import QuantityError, parse_quantity
 

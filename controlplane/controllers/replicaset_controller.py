@@ -18,10 +18,10 @@ from controlplane.client import errors as api_errors
 from controlplane.client.protocol import copy_object
 from controlplane.client.resources import PODS, REPLICASETS
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
+from controlplane.client.events import EventRecorder
 from controlplane.controllers.controller_utils import (
     CONTROLLER_INDEX,
     ControllerRefManager,
-    EventRecorder,
     Expectations,
     Obj,
     Timers,
@@ -77,6 +77,7 @@ class ReplicaSetController:
 
     async def shutdown(self) -> None:
         await self.timers.stop()
+        await self.events.aclose()
 
     def _rs_changed(self, rs: Obj) -> None:
         self.enqueue(key_of(rs))
@@ -183,10 +184,10 @@ class ReplicaSetController:
                 # Pods never created will never be observed: stop waiting for them.
                 self.expectations.lower(key, add=skipped)
                 error = next(r for r in results if isinstance(r, BaseException))
-                await self.events.event(rs, "Warning", "FailedCreate", f"Error creating: {error}")
+                self.events.event(rs, "Warning", "FailedCreate", f"Error creating: {error}")
                 raise error if isinstance(error, Exception) else RuntimeError(str(error))
             if created:
-                await self.events.event(rs, "Normal", "SuccessfulCreate",
+                self.events.event(rs, "Normal", "SuccessfulCreate",
                                         f"Created {created} pod{'s' if created > 1 else ''}")
         elif diff > 0:
             count = min(diff, self.burst_replicas)
@@ -210,7 +211,7 @@ class ReplicaSetController:
             deleted = len(victims) - len(errors)
             if deleted:
                 names = ", ".join(meta(p)["name"] for p in victims)
-                await self.events.event(rs, "Normal", "SuccessfulDelete", f"Deleted pod: {names}"
+                self.events.event(rs, "Normal", "SuccessfulDelete", f"Deleted pod: {names}"
                                         if deleted == 1 else f"Deleted {deleted} pods: {names}")
             if errors:
                 raise errors[0]

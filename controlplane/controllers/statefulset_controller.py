@@ -28,10 +28,10 @@ from controlplane.client.resources import (
     STATEFULSETS,
 )
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
+from controlplane.client.events import EventRecorder
 from controlplane.controllers.controller_utils import (
     CONTROLLER_REVISION_HASH_LABEL,
     ControllerRefManager,
-    EventRecorder,
     Obj,
     Timers,
     add_indexes,
@@ -228,6 +228,7 @@ class StatefulSetController:
 
     async def shutdown(self) -> None:
         await self.timers.stop()
+        await self.events.aclose()
 
     def _owner_key(self, pod: Obj) -> str | None:
         sts = resolve_controller_ref(self.sts_informer, pod, "StatefulSet")
@@ -468,7 +469,7 @@ class StatefulSetController:
             await self.client.create(PODS, pod, meta(sts).get("namespace"))
         except api_errors.AlreadyExists:
             return  # our cache is behind; the next sync sees it
-        await self.events.event(sts, "Normal", "SuccessfulCreate",
+        self.events.event(sts, "Normal", "SuccessfulCreate",
                                 f"create Pod {meta(pod)['name']} in StatefulSet {meta(sts)['name']} successful")
 
     async def _delete_pod(self, sts: Obj, pod: Obj) -> None:
@@ -477,7 +478,7 @@ class StatefulSetController:
                                      preconditions={"uid": meta(pod)["uid"]})
         except NotFound:
             return
-        await self.events.event(sts, "Normal", "SuccessfulDelete",
+        self.events.event(sts, "Normal", "SuccessfulDelete",
                                 f"delete Pod {meta(pod)['name']} in StatefulSet {meta(sts)['name']} successful")
 
     async def _update_pod(self, update_set: Obj, pod: Obj) -> None:
@@ -527,7 +528,7 @@ class StatefulSetController:
                     await self.client.create(PERSISTENTVOLUMECLAIMS, claim, cm["namespace"])
                 except api_errors.AlreadyExists:
                     continue
-                await self.events.event(sts, "Normal", "SuccessfulCreate",
+                self.events.event(sts, "Normal", "SuccessfulCreate",
                                         f"create Claim {cm['name']} Pod {meta(pod)['name']} in StatefulSet "
                                         f"{meta(sts)['name']} success")
             elif meta(existing).get("deletionTimestamp"):

@@ -17,7 +17,7 @@ from controlplane.client import ApiClient, ApiError, Conflict, NotFound, SharedI
 from controlplane.client.resources import NODES, PODS
 from controlplane.controllers import podutil
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
-from controlplane.controllers.events import NORMAL, EventRecorder
+from controlplane.client.events import NORMAL, EventRecorder
 from controlplane.scheduler.labels import taint_key, tolerates, toleration_key
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from controlplane.client.resources import (
     PODS,
 )
 
-from .events import NORMAL, EventRecorder
+from controlplane.client.events import NORMAL, EventRecorder
 from .plugins.volume_binding import ANN_BIND_COMPLETED, ANN_SELECTED_NODE, pvc_key
 
 __all__ = ["ApiCalls", "claim_is_bound", "pod_scheduled_condition"]
@@ -129,9 +129,8 @@ class ApiCalls:
         except NotFound:
             return
         preemptor_uid = (preemptor.get("metadata") or {}).get("uid", "")
-        self.recorder.event(victim, NORMAL, "Preempted", "Preempting",
-                            f"Preempted by pod {preemptor_uid} on node {node_name}", component=scheduler,
-                            related=preemptor)
+        self.recorder.event(victim, NORMAL, "Preempted", f"Preempted by pod {preemptor_uid} on node {node_name}",
+                            action="Preempting", component=scheduler, related=preemptor)
 
     async def set_nominated_node_name(self, pod: Mapping[str, Any], node_name: str) -> None:
         ns, name = _ns_name(pod)

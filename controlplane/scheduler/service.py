@@ -50,7 +50,7 @@ from .apicalls import ApiCalls
 from .cache import Cache
 from .config import SchedulerConfiguration, default_configuration
 from .core import BindingCycle, Scheduler, ScheduleResult
-from .events import NORMAL, WARNING, EventRecorder
+from controlplane.client.events import NORMAL, WARNING, EventRecorder
 from .extender import extenders_from_config
 from .framework import ClusterEvent, CycleState, Status
 from .metrics import ERROR, SCHEDULED, UNSCHEDULABLE, MetricsServer, SchedulerMetrics
@@ -305,7 +305,6 @@ class _Session:
     # -- lifecycle ----------------------------------------------------------------------------------------------
 
     async def start(self, sync_timeout: float) -> None:
-        self.recorder.start()
         self.factory.start_all()
         if not await self.factory.wait_for_sync(sync_timeout):
             raise RuntimeError(f"scheduler informers did not sync within {sync_timeout}s")
@@ -331,7 +330,7 @@ class _Session:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         await self.factory.stop_all()
-        await self.recorder.stop()
+        await self.recorder.aclose()
         for ext in self.extenders:
             with contextlib.suppress(Exception):
                 await ext.aclose()
@@ -436,7 +435,7 @@ class _Session:
             self.queue.done(pi.uid)  # deleted or bound meanwhile: nothing to retry or report
             return
         self.sched.handle_failure(self.queue, q, res, status, cycle=cycle)
-        self.recorder.event(current, WARNING, "FailedScheduling", "Scheduling", message, component=profile)
+        self.recorder.event(current, WARNING, "FailedScheduling", message, action="Scheduling", component=profile)
         pf = res.post_filter if res is not None else None
         self.spawn(self._write_failure(current, pi, reason, message, pf))
 
@@ -462,9 +461,9 @@ class _Session:
         if s is None or s.is_success():
             self.queue.done(pi.uid)
             self.metrics.observe_attempt(SCHEDULED, profile, time.perf_counter() - start)
-            self.recorder.event(bc.assumed.pod, NORMAL, "Scheduled", "Binding",
+            self.recorder.event(bc.assumed.pod, NORMAL, "Scheduled",
                                 f"Successfully assigned {pi.namespace}/{pi.name} to {bc.node_name}",
-                                component=profile)
+                                action="Binding", component=profile)
             return
         log.info("binding %s to %s failed: %s", pi.key, bc.node_name, s.message())
         # The assumed pod's room is free again: pods waiting for room may fit now (upstream does the same).
