@@ -112,20 +112,25 @@ class Timers:
         self._pending: dict[str, tuple[float, asyncio.Task[None]]] = {}
 
     def after(self, key: str, delay: float) -> None:
-        if delay <= 0:
+        self.at(key, self.clock.now() + delay)
+
+    def at(self, key: str, due: float) -> None:
+        """Re-enqueue ``key`` once the clock reads ``due``."""
+        if due <= self.clock.now():
             self.enqueue(key)
             return
-        due = self.clock.now() + delay
         current = self._pending.get(key)
         if current is not None and not current[1].done():
             if current[0] <= due:
                 return
             current[1].cancel()
-        task = asyncio.get_running_loop().create_task(self._fire(key, delay), name=f"requeue-{key}")
+        task = asyncio.get_running_loop().create_task(self._fire(key, due), name=f"requeue-{key}")
         self._pending[key] = (due, task)
 
-    async def _fire(self, key: str, delay: float) -> None:
-        await self.clock.sleep(delay)
+    async def _fire(self, key: str, due: float) -> None:
+        # Measured from the clock when the task runs, not when it was made: a clock stepped in between (a test's
+        # FakeClock) must not move the wake-up.
+        await self.clock.sleep(max(0.0, due - self.clock.now()))
         entry = self._pending.get(key)
         if entry is not None and entry[1] is asyncio.current_task():
             del self._pending[key]

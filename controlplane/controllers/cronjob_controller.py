@@ -198,7 +198,7 @@ class CronJobController:
             except NotFound:
                 return DONE
         if requeue is not None:
-            self.timers.after(key, requeue)
+            self.timers.at(key, requeue)
             return DONE
         if error is not None:
             raise error
@@ -208,7 +208,7 @@ class CronJobController:
         return self.clock.now()
 
     async def _sync(self, cj: Obj, jobs: list[Obj]) -> tuple[float | None, bool, Exception | None]:
-        """syncCronJob: returns (wake up after, status changed, error)."""
+        """syncCronJob: returns (wake up at, on the controller's clock; status changed; error)."""
         status = cj.setdefault("status", {})
         active: list[Obj] = status.setdefault("active", [])
         active_uids = {a.get("uid") for a in active}
@@ -273,21 +273,21 @@ class CronJobController:
             self.events.event(cj, "Warning", "TooManyMissedTimes", "too many missed start times. Set or "
                                     "decrease .spec.startingDeadlineSeconds or check clock skew")
         if scheduled is None or scheduled > now:
-            return self._next_delay(cj, now, schedule), changed, None
+            return self._next_wake(cj, now, schedule), changed, None
         deadline = spec.get("startingDeadlineSeconds")
         if deadline is not None and scheduled + int(deadline) < now:
             stamp = dt.datetime.fromtimestamp(scheduled, dt.UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
             self.events.event(cj, "Warning", "MissSchedule", f"Missed scheduled time to start a job: {stamp}")
-            return self._next_delay(cj, now, schedule), changed, None
+            return self._next_wake(cj, now, schedule), changed, None
         name = job_name(cj, scheduled)
         if (any(a.get("name") == name for a in active)
                 or parse_time(status.get("lastScheduleTime")) == float(int(scheduled))):
-            return self._next_delay(cj, now, schedule), changed, None
+            return self._next_wake(cj, now, schedule), changed, None
         policy = spec.get("concurrencyPolicy") or "Allow"
         if policy == "Forbid" and active:
             self.events.event(cj, "Normal", "JobAlreadyActive", "Not starting job because prior execution is "
                                     "running and concurrency policy is Forbid")
-            return self._next_delay(cj, now, schedule), changed, None
+            return self._next_wake(cj, now, schedule), changed, None
         if policy == "Replace":
             for ref in list(active):
                 try:
@@ -323,16 +323,17 @@ class CronJobController:
                        "uid": meta(created).get("uid"), "apiVersion": "batch/v1",
                        "resourceVersion": meta(created).get("resourceVersion")})
         status["lastScheduleTime"] = format_time(scheduled)
-        return self._next_delay(cj, now, schedule), True, None
+        return self._next_wake(cj, now, schedule), True, None
 
-    def _next_delay(self, cj: Obj, now: float, schedule: Schedule) -> float:
-        """nextScheduleTimeDuration: how long until just after the next start."""
+    def _next_wake(self, cj: Obj, now: float, schedule: Schedule) -> float:
+        """nextScheduleTimeDuration, as the instant: just after the next start. An instant, not a delay, so time
+        that passes before the timer is set (a status write) does not push the wake-up later."""
         try:
             earliest, recent, _ = most_recent_schedule_time(cj, now, schedule, False)
             base = recent if recent is not None else earliest
         except ScheduleError:
             base = now
-        return schedule.next(base) + NEXT_SCHEDULE_DELTA - now
+        return schedule.next(base) + NEXT_SCHEDULE_DELTA
 
     def _job_from_template(self, cj: Obj, scheduled: float, schedule: Schedule) -> Obj:
         template = (cj.get("spec") or {}).get("jobTemplate") or {}
