@@ -87,22 +87,10 @@ def to_fields_v1(paths: set[Path]) -> dict[str, Any]:
     return root
 
 
-def _fields_tree(obj: dict[str, Any], status: bool) -> dict[str, Any]:
-    """``to_fields_v1`` of the paths of ``field_set(obj, status=status)`` that are under status (status=True) or not
-    (status=False), built in one walk of the object: a create records every field it sets, and making the paths
-    and then sorting them into a tree cost twice as much."""
-    if not status:
-        return _tree_of(obj, ())
-    value = obj.get("status")
-    if isinstance(value, dict):
-        sub = _tree_of(value, ("f:status",)) if value else {}
-        return {"f:status": sub} if sub or not value else {}
-    leaf = _leaf_tree("status", value) if "status" in obj else None
-    return {} if leaf is None else {"f:status": leaf}
-
-
-def _tree_of(obj: dict[str, Any], prefix: Path) -> dict[str, Any]:
-    """The FieldsV1 tree of the fields of ``obj`` (found at ``prefix``), keys in the order to_fields_v1 writes."""
+def _tree_of(obj: dict[str, Any], prefix: Path = ()) -> dict[str, Any]:
+    """The FieldsV1 tree of the fields of ``obj`` (found at ``prefix``; at the root, status is left out), keys in the
+    order to_fields_v1 writes: ``to_fields_v1(field_set(obj))`` in one walk of the object. A create records every
+    field it sets, and making the paths and then sorting them into a tree cost twice as much."""
     root = not prefix
     meta = prefix == ("f:metadata",)
     node: dict[str, Any] = {}
@@ -488,7 +476,9 @@ def record_update(new: dict[str, Any], old: dict[str, Any] | None, manager: str 
         return
     status = subresource == "status"
     if old is None:
-        tree = _fields_tree(new, status)
+        # A create records no status (status=True with no old object is not a write anything makes).
+        tree = _tree_of(new) if not status else to_fields_v1(
+            {p for p in field_set(new, status=True) if p[0] == "f:status"})
         if tree:
             mine = Entry(manager, "Update", new.get("apiVersion", ""), jsonutil.now_rfc3339(), set(), subresource)
             new["metadata"]["managedFields"] = [mine.to_dict(tree)]
