@@ -34,6 +34,7 @@ from controlplane.client import (
 )
 from controlplane.client import errors as api_errors
 from controlplane.client.protocol import copy_object
+from controlplane.client.resources import PODS
 from controlplane.scheduler.labels import label_selector
 
 log = logging.getLogger(__name__)
@@ -633,6 +634,38 @@ class ControllerRefManager:
 
 
 # ------------------------------------------------------------------------------------------------------- events
+
+
+# ------------------------------------------------------------------------------------------------------- pods
+
+
+async def update_pod_status(client: ApiClient, pod: Obj, status_of: Callable[[Obj], Obj | None],
+                            attempts: int = 3) -> Obj | None:
+    """Write ``status_of(pod)`` as the pod's status (None from it: nothing to write, the pod is returned as it is).
+
+    After a conflict (the informer's copy was stale) the status is decided again on the live pod, never on a new pod
+    of the same name. Returns the pod as written or last read, or None when it is gone or was replaced; a conflict
+    on the last attempt is raised."""
+    meta_ = pod["metadata"]
+    for attempt in range(attempts):
+        status = status_of(pod)
+        if status is None:
+            return pod
+        try:
+            written: Obj = await client.update_status(PODS, {**pod, "status": status})
+            return written
+        except NotFound:
+            return None
+        except api_errors.Conflict:
+            if attempt == attempts - 1:
+                raise
+            try:
+                pod = await client.get(PODS, meta_["name"], meta_.get("namespace"))
+            except NotFound:
+                return None
+            if pod["metadata"].get("uid") != meta_.get("uid"):
+                return None
+    return pod
 
 
 # ------------------------------------------------------------------------------------------------------- misc

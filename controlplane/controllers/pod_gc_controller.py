@@ -22,11 +22,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from controlplane.client import ApiClient, ApiError, Conflict, NotFound, SharedInformerFactory
+from controlplane.client import ApiClient, ApiError, NotFound, SharedInformerFactory
 from controlplane.client.resources import NODES, PODS
 from controlplane.controllers import podutil
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
-from controlplane.controllers.controller_utils import Obj, format_time, key_of, parse_time
+from controlplane.controllers.controller_utils import Obj, format_time, key_of, parse_time, update_pod_status
 
 log = logging.getLogger(__name__)
 
@@ -174,35 +174,19 @@ class PodGCController:
         """Mark the pod Failed (with ``condition``) unless it already ended, then delete it at once."""
         meta = pod["metadata"]
         uid = meta.get("uid")
-        for attempt in range(3):
-            if podutil.is_terminal(pod):
-                break
-            status = dict(pod.get("status") or {})
-            status["phase"] = "Failed"
+
+        def failed(live: Obj) -> Obj | None:
+            if podutil.is_terminal(live):
+                return None
+            status = {**(live.get("status") or {}), "phase": "Failed"}
             if condition is not None:
-                old = podutil.condition(pod, condition["type"])
-                same = old is not None and all(old.get(k) == condition[k] for k in ("status", "reason", "message"))
-                if not same:
-                    transition = old.get("lastTransitionTime") if old is not None and \
-                        old.get("status") == condition["status"] else format_time(self.clock.now())
-                    status["conditions"] = [c for c in status.get("conditions") or []
-                                            if c.get("type") != condition["type"]]
-                    status["conditions"].append({**condition, "lastTransitionTime": transition})
-            try:
-                await self.client.update_status(PODS, {**pod, "status": status})
-                break
-            except NotFound:
-                return
-            except Conflict:
-                if attempt == 2:
-                    raise  # as upstream, a pod that cannot be marked Failed is not deleted (until the next pass)
-                # The cached copy was stale: decide again on the live pod, and never on a new pod of the same name.
-                try:
-                    pod = await self.client.get(PODS, meta["name"], meta.get("namespace"))
-                except NotFound:
-                    return
-                if pod["metadata"].get("uid") != uid:
-                    return
+                podutil.set_condition(status, condition, format_time(self.clock.now()))
+            return status
+
+        # As upstream, a pod that cannot be marked Failed (a conflict on every attempt) is not deleted, until the
+        # next pass.
+        if await update_pod_status(self.client, pod, failed) is None:
+            return
         try:
             await self.client.delete(PODS, meta["name"], meta.get("namespace"), grace_period_seconds=0,
                                      preconditions={"uid": uid} if uid else None)

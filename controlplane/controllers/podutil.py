@@ -19,6 +19,21 @@ def condition(obj: Obj, type_: str) -> Obj | None:
     return None
 
 
+def set_condition(status: Obj, cond: Obj, now: str) -> bool:
+    """Put ``cond`` into ``status["conditions"]`` in place of the one of its type, as upstream's UpdatePodCondition:
+    its lastTransitionTime stays when its status does not change, and nothing changes (False) when status, reason
+    and message are all the same already."""
+    conditions = list(status.get("conditions") or [])
+    old = next((c for c in conditions if c.get("type") == cond["type"]), None)
+    if old is not None and all(old.get(k) == cond.get(k) for k in ("status", "reason", "message")):
+        return False
+    transition = old.get("lastTransitionTime") if old is not None and old.get("status") == cond.get("status") \
+        else now
+    status["conditions"] = [c for c in conditions if c.get("type") != cond["type"]] + [
+        {**cond, "lastTransitionTime": transition}]
+    return True
+
+
 def is_pod_ready(pod: Obj) -> bool:
     cond = condition(pod, "Ready")
     return cond is not None and cond.get("status") == "True"

@@ -13,10 +13,11 @@ import datetime as dt
 import logging
 from typing import Any
 
-from controlplane.client import ApiClient, ApiError, Conflict, NotFound, SharedInformerFactory, split_key
+from controlplane.client import ApiClient, ApiError, NotFound, SharedInformerFactory, split_key
 from controlplane.client.resources import NODES, PODS
 from controlplane.controllers import podutil
 from controlplane.controllers.base import DONE, ControllerContext, Enqueue, Result
+from controlplane.controllers.controller_utils import update_pod_status
 from controlplane.client.events import NORMAL, EventRecorder
 from controlplane.scheduler.labels import taint_key, tolerates, toleration_key
 
@@ -107,32 +108,24 @@ class TaintEvictionController:
 
     async def _evict(self, key: str, pod: Obj) -> None:
         ns, name = split_key(key)
-        uid = pod["metadata"].get("uid")
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        for attempt in range(3):
-            status = dict(pod.get("status") or {})
-            conditions = [c for c in status.get("conditions") or [] if c.get("type") != "DisruptionTarget"]
-            conditions.append({"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager",
-                               "message": "Taint manager: deleting due to NoExecute taint", "lastTransitionTime": now})
-            try:
-                await self.client.update_status(PODS, {**pod, "status": {**status, "conditions": conditions}})
-                break
-            except NotFound:
-                return
-            except Conflict:
-                # The cached copy was stale (the node controller marks the pods of a lost node not ready at about
-                # the same time): set the condition on the live pod, never on a new pod of the same name.
-                try:
-                    pod = await self.client.get(PODS, name, ns)
-                except NotFound:
-                    return
-                if pod["metadata"].get("uid") != uid:
-                    return
-                if attempt == 2:
-                    log.info("pod %s: setting DisruptionTarget kept conflicting; deleting anyway", key)
-            except ApiError as exc:
-                log.info("pod %s: setting DisruptionTarget failed (%s); deleting anyway", key, exc)
-                break
+        target = {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager",
+                  "message": "Taint manager: deleting due to NoExecute taint"}
+
+        def with_target(live: Obj) -> Obj | None:
+            status = dict(live.get("status") or {})
+            return status if podutil.set_condition(status, target, now) else None
+
+        try:
+            # A stale copy (the node controller marks a lost node's pods not ready at about the same time) is
+            # decided on again live, so the pod is not deleted without the condition saying why.
+            live = await update_pod_status(self.client, pod, with_target)
+        except ApiError as exc:
+            log.info("pod %s: setting DisruptionTarget failed (%s); deleting anyway", key, exc)
+        else:
+            if live is None:
+                return  # gone, or replaced by a new pod of that name
+            pod = live
         log.info("pod %s: deleting, NoExecute taint not tolerated on node %s", key, pod["spec"].get("nodeName"))
         self.recorder.event(pod, NORMAL, "TaintManagerEviction", f"Marking for deletion Pod {key}")
         try:
