@@ -1,10 +1,11 @@
 """The Store contract on a real etcd v3 cluster, for scale-out and for anyone who wants the control plane's state
 where kube-apiserver keeps it.
 
-It speaks etcd's gRPC API through the protobuf stubs that ship with ``aetcd`` over our own ``grpc.aio`` channels:
-aetcd's own client dials a single host without TLS, and the store needs several endpoints, failover, TLS and
-precise control over which failed writes may be resent. Revisions are etcd's, compare-and-swap is an etcd
-transaction, and periodic compaction follows kube-apiserver's compactor.
+It speaks etcd's gRPC API with the protobuf messages that ship with ``aetcd``: watches over our own ``grpc.aio``
+channels, unary KV calls over ``h2grpc`` (HTTP/2 on an asyncio connection of our own, at a third of grpc.aio's
+CPU per call; see that module). aetcd's own client dials a single host without TLS, and the store needs several
+endpoints, failover, TLS and precise control over which failed writes may be resent. Revisions are etcd's,
+compare-and-swap is an etcd transaction, and periodic compaction follows kube-apiserver's compactor.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import grpc
 from aetcd.rpc import kv_pb2, rpc_pb2, rpc_pb2_grpc
 
+from .h2grpc import H2Channel, UnaryMethod
 from .interface import (
     ConflictError,
     ExpiredError,
@@ -47,6 +50,18 @@ _DELETE = kv_pb2.Event.DELETE
 # off from the quorum fails fast and we move on, instead of queueing our request until it times out.
 # Built once: given a tuple, grpc.aio converts it to a Metadata object on every call.
 _METADATA = grpc.aio.Metadata(("hasleader", "true"))
+
+# The KV methods, for h2grpc.
+_KV_METHODS = {
+    name: UnaryMethod(f"/etcdserverpb.KV/{name}", request.SerializeToString, response.FromString)
+    for name, request, response in (
+        ("Range", rpc_pb2.RangeRequest, rpc_pb2.RangeResponse),
+        ("Put", rpc_pb2.PutRequest, rpc_pb2.PutResponse),
+        ("DeleteRange", rpc_pb2.DeleteRangeRequest, rpc_pb2.DeleteRangeResponse),
+        ("Txn", rpc_pb2.TxnRequest, rpc_pb2.TxnResponse),
+        ("Compact", rpc_pb2.CompactionRequest, rpc_pb2.CompactionResponse),
+    )
+}
 
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # Loopback and cluster-internal endpoints must never be sent through an HTTP proxy from the environment.
@@ -80,6 +95,7 @@ class _Failure(Enum):
 # request is sent; "no leader" and a dropped proposal are refusals before the request enters the raft log.
 _NOT_APPLIED_MARKERS = (
     "failed to connect",
+    "not processed",  # h2grpc: a stream the server refused or dropped in a GOAWAY without reading it
     "connection refused",
     "connections to all backends failing",
     "dns resolution failed",
@@ -121,8 +137,8 @@ class _FutureRevision(Exception):
 class _Endpoint:
     target: str
     secure: bool
-    channel: grpc.aio.Channel | None = None
-    kv: Any = None
+    unary: H2Channel | None = None  # KV calls
+    channel: grpc.aio.Channel | None = None  # watches, dialled on the first one
     watch: Any = None
 
 
@@ -176,12 +192,17 @@ class EtcdStore:
         tls = ca_file is not None or cert_file is not None
         self._endpoints = [_parse_endpoint(e, tls) for e in endpoints]
         self._credentials: grpc.ChannelCredentials | None = None
+        self._ssl: ssl.SSLContext | None = None
         if any(ep.secure for ep in self._endpoints):
             self._credentials = grpc.ssl_channel_credentials(
                 root_certificates=_read(ca_file),
                 private_key=_read(key_file),
                 certificate_chain=_read(cert_file),
             )
+            self._ssl = ssl.create_default_context(cafile=ca_file)
+            if cert_file is not None:
+                self._ssl.load_cert_chain(cert_file, key_file)
+            self._ssl.set_alpn_protocols(["h2"])
         self._prefix = prefix.encode()
         self._compact_key = self._prefix + _COMPACT_KEY
         self._timeout = timeout
@@ -207,20 +228,25 @@ class EtcdStore:
 
     def _connect(self, index: int) -> _Endpoint:
         ep = self._endpoints[index]
-        if ep.channel is None:
+        if ep.unary is None:
             if self._closed:
                 raise UnavailableError("the etcd store is closed")
+            ep.unary = H2Channel(ep.target, ssl_context=self._ssl if ep.secure else None, metadata=tuple(_METADATA))
+            if self._compactor is None and self._compaction_interval > 0:
+                self._compactor = asyncio.get_running_loop().create_task(self._run_compactor())
+        return ep
+
+    def _watch_stub(self, index: int) -> Any:
+        ep = self._connect(index)
+        if ep.channel is None:
             # Channels bind to the running loop, so they are made on first use rather than in __init__.
             if ep.secure:
                 assert self._credentials is not None
                 ep.channel = grpc.aio.secure_channel(ep.target, self._credentials, options=_CHANNEL_OPTIONS)
             else:
                 ep.channel = grpc.aio.insecure_channel(ep.target, options=_CHANNEL_OPTIONS)
-            ep.kv = rpc_pb2_grpc.KVStub(ep.channel)
             ep.watch = rpc_pb2_grpc.WatchStub(ep.channel)
-            if self._compactor is None and self._compaction_interval > 0:
-                self._compactor = asyncio.get_running_loop().create_task(self._run_compactor())
-        return ep
+        return ep.watch
 
     def _move_on(self, index: int) -> None:
         # Only the first of many concurrent failures on a member advances the pointer, so a burst of failed
@@ -236,7 +262,7 @@ class EtcdStore:
         # The first attempt is the hot path of every operation: keep it to one call with no bookkeeping.
         index = self._active
         ep = self._endpoints[index]
-        if ep.kv is None:
+        if ep.unary is None:
             ep = self._connect(index)
         if self._learning_now is not None and not idempotent:
             await self._after_now_is_known()
@@ -245,7 +271,7 @@ class EtcdStore:
         # so it may use the whole budget.
         attempt = min(self._timeout, self._read_attempt_timeout) if idempotent else self._timeout
         try:
-            response = await getattr(ep.kv, method)(request, timeout=attempt, metadata=_METADATA)
+            response = await ep.unary.unary(_KV_METHODS[method], request, attempt)  # type: ignore[union-attr]
         except grpc.aio.AioRpcError as e:
             return await self._kv_retry(method, request, idempotent, index, e, started + self._timeout)
         self._observed = max(self._observed, response.header.revision)
@@ -286,7 +312,7 @@ class EtcdStore:
             ep = self._connect(index)
             attempt = min(remaining, self._read_attempt_timeout) if idempotent else remaining
             try:
-                response = await getattr(ep.kv, method)(request, timeout=attempt, metadata=_METADATA)
+                response = await ep.unary.unary(_KV_METHODS[method], request, attempt)  # type: ignore[union-attr]
             except grpc.aio.AioRpcError as e:
                 error = e
                 continue
@@ -310,8 +336,7 @@ class EtcdStore:
 
     async def _compacted_through(self) -> int | None:
         """The highest revision etcd has forgotten, read from a watch's refusal (no RPC reports it directly)."""
-        ep = self._connect(self._active)
-        call = ep.watch.Watch(metadata=_METADATA, timeout=self._timeout)
+        call = self._watch_stub(self._active).Watch(metadata=_METADATA, timeout=self._timeout)
         try:
             await call.write(
                 rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=self._compact_key, start_revision=1))
@@ -598,7 +623,7 @@ class EtcdStore:
         while not self._closed:
             index = self._active
             ep = self._connect(index)
-            call = ep.watch.Watch(metadata=_METADATA)
+            call = self._watch_stub(index).Watch(metadata=_METADATA)
             failed = True  # whether this stream ended in a way that counts as the member failing
             try:
                 await call.write(
@@ -696,9 +721,12 @@ class EtcdStore:
                 await self._compactor
             self._compactor = None
         for ep in self._endpoints:
+            if ep.unary is not None:
+                await ep.unary.close()
+                ep.unary = None
             if ep.channel is not None:
                 await ep.channel.close()
-                ep.channel = ep.kv = ep.watch = None
+                ep.channel = ep.watch = None
         on_close, self._on_close = self._on_close, None
         if on_close is not None:
             await on_close()
