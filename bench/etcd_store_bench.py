@@ -1,6 +1,7 @@
 """EtcdStore's cost over the etcd client it is built on, run on demand: writes/s, gets/s and watch latency (time from
-a put being sent to its event arriving, p50/p99) at 1 and 32 concurrent callers, for the raw gRPC stubs (the
-client EtcdStore uses, called directly) and for EtcdStore, in one run, with the ratios. aetcd's high-level
+a put being sent to its event arriving, p50/p99) at 1 and 32 concurrent callers, for the raw gRPC stubs on
+grpc.aio (the transport aetcd uses; EtcdStore's watches use it too), the same requests over h2grpc (the transport
+of EtcdStore's unary calls, called directly) and for EtcdStore, in one run, with the ratios. aetcd's high-level
 client is shown for reference.
 
 A store create is a transaction (create only if absent), so writes are measured three ways: a raw Put, the raw
@@ -32,8 +33,9 @@ import aetcd
 import grpc
 from aetcd.rpc import rpc_pb2, rpc_pb2_grpc
 
-from controlplane.storage.etcd import EtcdStore
+from controlplane.storage.etcd import KV_METHODS, EtcdStore
 from controlplane.storage.etcd_process import LocalEtcd
+from controlplane.storage.h2grpc import H2Channel
 
 VALUE = b'{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"default"},"spec":{}}' * 8  # ~700 B
 READ_KEYS = 1000
@@ -97,23 +99,35 @@ def fresh_prefix(label: str) -> bytes:
 
 
 class Raw:
-    """The generated etcd gRPC stubs on a grpc.aio channel: exactly what EtcdStore calls, without EtcdStore."""
+    """The generated etcd gRPC stubs on a grpc.aio channel (aetcd's transport, and EtcdStore's for watches), and
+    the same unary requests on an h2grpc channel (EtcdStore's transport for them), without EtcdStore."""
 
     def __init__(self, target: str) -> None:
         self.channel = grpc.aio.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)])
         self.kv = rpc_pb2_grpc.KVStub(self.channel)
         self.watch = rpc_pb2_grpc.WatchStub(self.channel)
+        self.h2 = H2Channel(target)
+
+    @staticmethod
+    def create_request(key: bytes, value: bytes = VALUE) -> Any:
+        return rpc_pb2.TxnRequest(
+            compare=[_Compare(key=key, target=_Compare.CREATE, result=_Compare.EQUAL, create_revision=0)],
+            success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=value))],
+        )
+
+    async def create_txn_h2(self, key: bytes, value: bytes = VALUE) -> None:
+        response = await self.h2.unary(KV_METHODS["Txn"], self.create_request(key, value), 5.0)
+        assert response.succeeded
+
+    async def get_h2(self, key: bytes) -> None:
+        response = await self.h2.unary(KV_METHODS["Range"], rpc_pb2.RangeRequest(key=key), 5.0)
+        assert response.kvs
 
     async def put(self, key: bytes) -> None:
         await self.kv.Put(rpc_pb2.PutRequest(key=key, value=VALUE))
 
-    async def create_txn(self, key: bytes) -> None:
-        response = await self.kv.Txn(
-            rpc_pb2.TxnRequest(
-                compare=[_Compare(key=key, target=_Compare.CREATE, result=_Compare.EQUAL, create_revision=0)],
-                success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=VALUE))],
-            )
-        )
+    async def create_txn(self, key: bytes, value: bytes = VALUE) -> None:
+        response = await self.kv.Txn(self.create_request(key, value))
         assert response.succeeded
 
     async def get(self, key: bytes) -> None:
@@ -122,6 +136,7 @@ class Raw:
 
     async def close(self) -> None:
         await self.channel.close()
+        await self.h2.close()
 
 
 async def watch_latency(
@@ -213,29 +228,33 @@ async def main() -> None:
 
         s = args.seconds
         for c in (1, 32):
-            k_put, k_txn, k_store, k_aetcd = keyer("put"), keyer("txn"), keyer("store"), keyer("aetcd")
-            put, txn, create, high_put = await interleaved(
+            k_put, k_txn, k_h2, k_store, k_aetcd = (keyer(x) for x in ("put", "txn", "h2", "store", "aetcd"))
+            put, txn, txn_h2, create, high_put = await interleaved(
                 s,
                 c,
                 [
                     lambda w, i, k=k_put: raw.put(k(w, i)),
                     lambda w, i, k=k_txn: raw.create_txn(k(w, i)),
+                    lambda w, i, k=k_h2: raw.create_txn_h2(k(w, i)),
                     lambda w, i, k=k_store: store.create(k(w, i).decode(), VALUE),
                     lambda w, i, k=k_aetcd: high.put(k(w, i), VALUE),
                 ],
             )
             rows.append(("write: raw Put", c, put, create, high_put))
             rows.append(("write: raw create txn", c, txn, create, None))
-            get, store_get, high_get = await interleaved(
+            rows.append(("  the same on h2grpc", c, txn_h2, create, None))
+            get, get_h2, store_get, high_get = await interleaved(
                 s,
                 c,
                 [
                     lambda w, i: raw.get(rng.choice(read_keys)),
+                    lambda w, i: raw.get_h2(rng.choice(read_keys)),
                     lambda w, i: store.get(rng.choice(read_names)),
                     lambda w, i: high.get(rng.choice(read_keys)),
                 ],
             )
             rows.append(("read: raw Range", c, get, store_get, high_get))
+            rows.append(("  the same on h2grpc", c, get_h2, store_get, None))
             # The store asks for each event's previous value (a DELETED event must carry the last value, as
             # kube-apiserver's watcher does), which costs etcd a read per event: raw is shown with and without.
             # Interleaved slices again, so machine drift falls on all three alike.
@@ -255,7 +274,8 @@ async def main() -> None:
 
     print(
         f"\netcd {endpoint}, {args.seconds:g} s per figure, {os.cpu_count()} CPUs{pinned}; "
-        "raw = aetcd's generated gRPC stubs on grpc.aio; EtcdStore op: create (write), get (read)\n"
+        "raw = aetcd's generated gRPC stubs on grpc.aio, or the same requests on h2grpc; "
+        "EtcdStore op: create (write), get (read)\n"
     )
     print(f"{'':<24}{'':>5}{'ops/s':^34}{'client CPU us/op':^22}")
     print(
