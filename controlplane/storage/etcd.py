@@ -1,10 +1,10 @@
 """The Store contract on a real etcd v3 cluster, for scale-out and for anyone who wants the control plane's state
 where kube-apiserver keeps it.
 
-It speaks etcd's gRPC API with the protobuf messages that ship with ``aetcd``: watches over our own ``grpc.aio``
-channels, unary KV calls over ``h2grpc`` (HTTP/2 on an asyncio connection of our own, at a third of grpc.aio's
-CPU per call; see that module). aetcd's own client dials a single host without TLS, and the store needs several
-endpoints, failover, TLS and precise control over which failed writes may be resent. Revisions are etcd's,
+It speaks etcd's gRPC API with the protobuf messages that ship with ``aetcd``, over ``h2grpc``: gRPC on an asyncio
+HTTP/2 connection of our own, at a third of grpc.aio's CPU per call and without the gRPC C core's threads (see that
+module). aetcd's own client dials a single host without TLS, and the store needs several endpoints, failover, TLS
+and precise control over which failed writes may be resent. Revisions are etcd's,
 compare-and-swap is an etcd transaction, and periodic compaction follows kube-apiserver's compactor.
 """
 
@@ -23,9 +23,9 @@ from typing import Any, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import grpc
-from aetcd.rpc import kv_pb2, rpc_pb2, rpc_pb2_grpc
+from aetcd.rpc import kv_pb2, rpc_pb2
 
-from .h2grpc import H2Channel, UnaryMethod
+from .h2grpc import H2Channel, StreamMethod, UnaryMethod
 from .interface import (
     ConflictError,
     ExpiredError,
@@ -48,11 +48,10 @@ _DELETE = kv_pb2.Event.DELETE
 
 # Ask members to refuse requests while they know they have no leader (etcd's "require leader"), so a member cut
 # off from the quorum fails fast and we move on, instead of queueing our request until it times out.
-# Built once: given a tuple, grpc.aio converts it to a Metadata object on every call.
-_METADATA = grpc.aio.Metadata(("hasleader", "true"))
+_METADATA = (("hasleader", "true"),)
 
-# The KV methods, for h2grpc.
-_KV_METHODS = {
+# The KV methods, for h2grpc (also what the tests and benches call them by).
+KV_METHODS = {
     name: UnaryMethod(f"/etcdserverpb.KV/{name}", request.SerializeToString, response.FromString)
     for name, request, response in (
         ("Range", rpc_pb2.RangeRequest, rpc_pb2.RangeResponse),
@@ -62,21 +61,8 @@ _KV_METHODS = {
         ("Compact", rpc_pb2.CompactionRequest, rpc_pb2.CompactionResponse),
     )
 }
-
-_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    # Loopback and cluster-internal endpoints must never be sent through an HTTP proxy from the environment.
-    ("grpc.enable_http_proxy", 0),
-    # A member that comes back should be dialled again within a second, not after gRPC's default 120 s backoff.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    # Notice a silently dead member under a long-lived watch; etcd rejects pings closer than 5 s apart.
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.http2.max_pings_without_data", 0),
-    # Lists of a whole resource can be far larger than gRPC's 4 MiB default.
-    ("grpc.max_receive_message_length", -1),
-]
+_WATCH = StreamMethod(
+    "/etcdserverpb.Watch/Watch", rpc_pb2.WatchRequest.SerializeToString, rpc_pb2.WatchResponse.FromString)
 
 # The compaction coordination key, kube-apiserver's compact_rev_key. Store keys are str and so encode to UTF-8,
 # which never contains the byte 0xff: a key starting with prefix + 0xff can never collide with a store key and
@@ -137,9 +123,7 @@ class _FutureRevision(Exception):
 class _Endpoint:
     target: str
     secure: bool
-    unary: H2Channel | None = None  # KV calls
-    channel: grpc.aio.Channel | None = None  # watches, dialled on the first one
-    watch: Any = None
+    channel: H2Channel | None = None
 
 
 def _parse_endpoint(endpoint: str, tls: bool) -> _Endpoint:
@@ -191,14 +175,8 @@ class EtcdStore:
             raise ValueError("EtcdStore needs at least one endpoint")
         tls = ca_file is not None or cert_file is not None
         self._endpoints = [_parse_endpoint(e, tls) for e in endpoints]
-        self._credentials: grpc.ChannelCredentials | None = None
         self._ssl: ssl.SSLContext | None = None
         if any(ep.secure for ep in self._endpoints):
-            self._credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read(ca_file),
-                private_key=_read(key_file),
-                certificate_chain=_read(cert_file),
-            )
             self._ssl = ssl.create_default_context(cafile=ca_file)
             if cert_file is not None:
                 self._ssl.load_cert_chain(cert_file, key_file)
@@ -228,25 +206,13 @@ class EtcdStore:
 
     def _connect(self, index: int) -> _Endpoint:
         ep = self._endpoints[index]
-        if ep.unary is None:
+        if ep.channel is None:
             if self._closed:
                 raise UnavailableError("the etcd store is closed")
-            ep.unary = H2Channel(ep.target, ssl_context=self._ssl if ep.secure else None, metadata=tuple(_METADATA))
+            ep.channel = H2Channel(ep.target, ssl_context=self._ssl if ep.secure else None, metadata=_METADATA)
             if self._compactor is None and self._compaction_interval > 0:
                 self._compactor = asyncio.get_running_loop().create_task(self._run_compactor())
         return ep
-
-    def _watch_stub(self, index: int) -> Any:
-        ep = self._connect(index)
-        if ep.channel is None:
-            # Channels bind to the running loop, so they are made on first use rather than in __init__.
-            if ep.secure:
-                assert self._credentials is not None
-                ep.channel = grpc.aio.secure_channel(ep.target, self._credentials, options=_CHANNEL_OPTIONS)
-            else:
-                ep.channel = grpc.aio.insecure_channel(ep.target, options=_CHANNEL_OPTIONS)
-            ep.watch = rpc_pb2_grpc.WatchStub(ep.channel)
-        return ep.watch
 
     def _move_on(self, index: int) -> None:
         # Only the first of many concurrent failures on a member advances the pointer, so a burst of failed
@@ -262,7 +228,7 @@ class EtcdStore:
         # The first attempt is the hot path of every operation: keep it to one call with no bookkeeping.
         index = self._active
         ep = self._endpoints[index]
-        if ep.unary is None:
+        if ep.channel is None:
             ep = self._connect(index)
         if self._learning_now is not None and not idempotent:
             await self._after_now_is_known()
@@ -271,7 +237,7 @@ class EtcdStore:
         # so it may use the whole budget.
         attempt = min(self._timeout, self._read_attempt_timeout) if idempotent else self._timeout
         try:
-            response = await ep.unary.unary(_KV_METHODS[method], request, attempt)  # type: ignore[union-attr]
+            response = await ep.channel.unary(KV_METHODS[method], request, attempt)  # type: ignore[union-attr]
         except grpc.aio.AioRpcError as e:
             return await self._kv_retry(method, request, idempotent, index, e, started + self._timeout)
         self._observed = max(self._observed, response.header.revision)
@@ -312,7 +278,7 @@ class EtcdStore:
             ep = self._connect(index)
             attempt = min(remaining, self._read_attempt_timeout) if idempotent else remaining
             try:
-                response = await ep.unary.unary(_KV_METHODS[method], request, attempt)  # type: ignore[union-attr]
+                response = await ep.channel.unary(KV_METHODS[method], request, attempt)  # type: ignore[union-attr]
             except grpc.aio.AioRpcError as e:
                 error = e
                 continue
@@ -336,22 +302,26 @@ class EtcdStore:
 
     async def _compacted_through(self) -> int | None:
         """The highest revision etcd has forgotten, read from a watch's refusal (no RPC reports it directly)."""
-        call = self._watch_stub(self._active).Watch(metadata=_METADATA, timeout=self._timeout)
+        call = None
         try:
-            await call.write(
-                rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=self._compact_key, start_revision=1))
-            )
-            for _ in range(3):
-                response = await call.read()
-                if response is grpc.aio.EOF:
-                    break
-                if response.compact_revision:
-                    # etcd keeps its compaction revision readable; the Store contract counts "forgotten through".
-                    return int(response.compact_revision) - 1
-        except grpc.aio.AioRpcError:
+            async with asyncio.timeout(self._timeout):
+                call = await self._connect(self._active).channel.stream(_WATCH)  # type: ignore[union-attr]
+                await call.write(
+                    rpc_pb2.WatchRequest(
+                        create_request=rpc_pb2.WatchCreateRequest(key=self._compact_key, start_revision=1))
+                )
+                for _ in range(3):
+                    response = await call.read()
+                    if response is grpc.aio.EOF:
+                        break
+                    if response.compact_revision:
+                        # etcd keeps its compaction revision readable; the Store contract counts "forgotten through".
+                        return int(response.compact_revision) - 1
+        except (grpc.aio.AioRpcError, TimeoutError):
             pass
         finally:
-            call.cancel()
+            if call is not None:
+                call.cancel()
         return None
 
     def _key(self, key: str) -> bytes:
@@ -623,9 +593,10 @@ class EtcdStore:
         while not self._closed:
             index = self._active
             ep = self._connect(index)
-            call = self._watch_stub(index).Watch(metadata=_METADATA)
+            call = None
             failed = True  # whether this stream ended in a way that counts as the member failing
             try:
+                call = await ep.channel.stream(_WATCH)  # type: ignore[union-attr]
                 await call.write(
                     rpc_pb2.WatchRequest(
                         create_request=rpc_pb2.WatchCreateRequest(
@@ -679,14 +650,15 @@ class EtcdStore:
                     raise StorageError(f"etcd watch: {e.code().name}: {e.details()}") from e
                 last_error = f"etcd member {ep.target}: {e.details()}"
             except asyncio.CancelledError:
-                # Closing the store closes the channels, which cancels their streams: that ends the watch
-                # quietly. A cancellation of the consumer's own task must still propagate.
+                # Closing the store closes the channels, which can end their streams as cancelled: that ends the
+                # watch quietly. A cancellation of the consumer's own task must still propagate.
                 task = asyncio.current_task()
                 if self._closed and (task is None or not task.cancelling()):
                     return
                 raise
             finally:
-                call.cancel()
+                if call is not None:
+                    call.cancel()
             if self._closed:
                 return
             if not failed:
@@ -721,12 +693,9 @@ class EtcdStore:
                 await self._compactor
             self._compactor = None
         for ep in self._endpoints:
-            if ep.unary is not None:
-                await ep.unary.close()
-                ep.unary = None
             if ep.channel is not None:
                 await ep.channel.close()
-                ep.channel = ep.watch = None
+                ep.channel = None
         on_close, self._on_close = self._on_close, None
         if on_close is not None:
             await on_close()
@@ -799,13 +768,6 @@ class EtcdStore:
             await self._compact_etcd(previous_revision)
             log.info("etcd compacted to revision %d", previous_revision)
         return clock + 1, current
-
-
-def _read(path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    with open(path, "rb") as f:
-        return f.read()
 
 
 class EtcdUnreachableError(ConnectionError):

@@ -1,11 +1,12 @@
-"""Unary gRPC calls over HTTP/2 on an asyncio connection of our own, for EtcdStore's KV requests.
+"""gRPC calls over HTTP/2 on an asyncio connection of our own, for EtcdStore: unary KV requests and watch streams.
 
 A grpc.aio unary call costs its caller ~110 µs of CPU (the C core's call object, its completion queue, the
 poller threads that hand each completion to the event loop): on a 2-core machine that was a third of what a
 create through the API server cost on etcd. A unary gRPC call is three small HTTP/2 frames each way, so this
 module writes them itself: a precomputed header block per method, one DATA frame, and the answer parsed from
-the socket in the loop's own callback, for ~35 µs a call. Streams (watches) stay on grpc.aio, where a message
-costs little.
+the socket in the loop's own callback, for ~35 µs a call. Streaming calls (etcd's watches) are the same
+frames kept open: messages are written as DATA frames and read as they arrive, so a process on etcd needs no
+gRPC C core and none of its threads.
 
 Only what a client needs is here, each as RFC 9113 and the gRPC HTTP/2 protocol ask: the preface and SETTINGS
 exchange, flow control (large receive windows, replenished; sends wait for the peer's windows), PING answers,
@@ -26,7 +27,7 @@ from typing import Any
 import grpc
 import hpack
 
-__all__ = ["H2Channel", "UnaryMethod"]
+__all__ = ["H2Channel", "H2Stream", "StreamMethod", "UnaryMethod"]
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _FRAME_HEADER = struct.Struct(">I B I")  # 24-bit length packed with the type, flags, stream id
@@ -41,6 +42,11 @@ _DEFAULT_WINDOW = 65_535
 # window is topped up once half of it has been used.
 _RECEIVE_WINDOW = _MAX_WINDOW
 _REFUSED_STREAM, _CANCEL = 0x7, 0x8
+# A streaming call gives its window back once this much of it is used.
+STREAM_WINDOW_TOPUP = _RECEIVE_WINDOW // 2
+# etcd refuses pings closer than 5 s apart (--grpc-keepalive-min-time); these are grpc.aio's settings the store used.
+KEEPALIVE_INTERVAL = 10.0
+KEEPALIVE_TIMEOUT = 5.0
 
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -91,15 +97,22 @@ class UnaryMethod:
         self.path, self.serialize, self.deserialize = path, serialize, deserialize
 
 
+class StreamMethod(UnaryMethod):
+    """A bidirectional-streaming method (etcd's Watch): requests are written and answers read one by one."""
+
+    __slots__ = ()
+
+
 class _Call:
-    __slots__ = ("future", "headers", "data", "send_window", "timer")
+    __slots__ = ("future", "headers", "data", "send_window", "timer", "stream")
 
     def __init__(self, future: asyncio.Future[bytes], send_window: int) -> None:
-        self.future = future
+        self.future = future  # a unary call's answer; a stream's end (its status)
         self.headers: dict[str, str] | None = None
         self.data = bytearray()
         self.send_window = send_window
         self.timer: asyncio.TimerHandle | None = None  # the deadline
+        self.stream: H2Stream | None = None  # set for a streaming call
 
 
 def _error(code: grpc.StatusCode, details: str, trailers: Sequence[tuple[str, str]] = ()) -> grpc.aio.AioRpcError:
@@ -130,6 +143,7 @@ class _Connection(asyncio.Protocol):
         self.stream_freed = asyncio.Event()
         self.pings: dict[bytes, asyncio.Future[None]] = {}  # outstanding PINGs by payload
         self.liveness: asyncio.Future[None] | None = None  # a check_alive in progress (held: the loop keeps weak refs)
+        self.keepalive: asyncio.Future[None] | None = None  # pings while streams are open (see open_stream)
         self.received = 0  # bytes of DATA since the connection's receive window was last topped up
         self.window_opened = asyncio.Event()
         self.closed: grpc.aio.AioRpcError | None = None  # why no new call may start here
@@ -263,6 +277,8 @@ class _Connection(asyncio.Protocol):
         if call is None:
             return
         call.data += payload
+        if call.stream is not None:
+            call.stream.received(call, len(payload))
         if flags & _END_STREAM:
             self._finish(stream, call, None)
 
@@ -295,6 +311,8 @@ class _Connection(asyncio.Protocol):
                 call.timer.cancel()
             self.stream_freed.set()
             self.window_opened.set()  # a sender waiting for a window stops: its call is over
+            if call.stream is not None:
+                call.stream.wake()
         return call
 
     def _finish(self, stream: int, call: _Call, trailers: dict[str, str] | None) -> None:
@@ -314,6 +332,8 @@ class _Connection(asyncio.Protocol):
             code = _GRPC_CODES.get(int(status), grpc.StatusCode.UNKNOWN)
             call.future.set_exception(
                 _error(code, _percent_decode(fields.get("grpc-message", "")), tuple((trailers or {}).items())))
+        elif call.stream is not None:
+            call.future.set_result(b"")  # the stream ended well: its reader sees EOF after the last message
         else:
             data = call.data
             if len(data) < 5 or data[0]:
@@ -351,6 +371,55 @@ class _Connection(asyncio.Protocol):
         for ping in self.pings.values():
             if not ping.done():
                 ping.cancel()
+        if self.keepalive is not None:
+            self.keepalive.cancel()
+
+    def open_stream(self, header_block: bytes) -> tuple[int, _Call]:
+        """Open a streaming call's stream: its headers now, its messages as they are written."""
+        if self.closed is not None:
+            raise self.closed
+        stream = self.next_stream
+        self.next_stream += 2
+        call = _Call(self.loop.create_future(), self.peer_initial_window)
+        call.future.add_done_callback(_retrieved)
+        self.calls[stream] = call
+        self._write(_frame(_HEADERS, _END_HEADERS, stream, header_block))
+        if self.keepalive is None:
+            self.keepalive = asyncio.ensure_future(self._keep_alive())
+        return stream, call
+
+    async def _keep_alive(self) -> None:
+        """While a stream is open, PING every KEEPALIVE_INTERVAL: a watch on a member that vanished without a word
+        (a partition, a frozen host) must fail and move on rather than wait for events forever."""
+        try:
+            while self.closed is None and any(c.stream is not None for c in self.calls.values()):
+                await asyncio.sleep(KEEPALIVE_INTERVAL)  # a timer, not synchronisation
+                if self.closed is None:
+                    await self.check_alive(KEEPALIVE_TIMEOUT)
+        finally:
+            self.keepalive = None
+
+    async def send(self, stream: int, call: _Call, body: bytes, end: bool) -> bool:
+        """DATA on an open stream, as the windows allow; False if the call ended before all of it was sent."""
+        view = memoryview(body)
+        while view or end:
+            if call.future.done() or stream not in self.calls:
+                return False
+            if self.closed is not None and not self.goaway:
+                raise self.closed
+            size = min(len(view), self.send_window, call.send_window, self.peer_max_frame)
+            if size <= 0 and view:
+                self.window_opened.clear()
+                await self.window_opened.wait()
+                continue
+            chunk, view = view[:size], view[size:]
+            self.send_window -= size
+            call.send_window -= size
+            last = end and not view
+            self._write(_frame(_DATA, _END_STREAM if last else 0, stream, bytes(chunk)))
+            if last:
+                break
+        return True
 
     def start(self, header_block: bytes, message: bytes, deadline: float) -> tuple[int, _Call]:
         """Open a stream and send the whole request if the windows allow (a negative stream id: the caller sends
@@ -383,23 +452,9 @@ class _Connection(asyncio.Protocol):
     async def send_rest(self, stream: int, call: _Call) -> None:
         """Send a request body larger than the windows, as the server opens them. A server may answer before it
         has read the whole body (a request over its size limit): then the rest is not sent."""
-        body = memoryview(bytes(call.data))
-        call.data = bytearray()
-        while body:
-            if call.future.done():
-                self._write(_frame(_RST_STREAM, 0, stream, struct.pack(">I", _CANCEL)))
-                return
-            size = min(len(body), self.send_window, call.send_window, self.peer_max_frame)
-            if self.closed is not None and not self.goaway:
-                raise self.closed
-            if size <= 0:
-                self.window_opened.clear()
-                await self.window_opened.wait()
-                continue
-            chunk, body = body[:size], body[size:]
-            self.send_window -= size
-            call.send_window -= size
-            self._write(_frame(_DATA, 0 if body else _END_STREAM, stream, bytes(chunk)))
+        body, call.data = bytes(call.data), bytearray()
+        if not await self.send(stream, call, body, end=True):
+            self._write(_frame(_RST_STREAM, 0, stream, struct.pack(">I", _CANCEL)))
 
     @property
     def full(self) -> bool:
@@ -454,6 +509,79 @@ class _Connection(asyncio.Protocol):
 
 class _ProtocolError(Exception):
     pass
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # a stream's end is read through H2Stream.read, or not at all: never "never retrieved"
+
+
+class H2Stream:
+    """One bidirectional-streaming call, as grpc.aio's: ``write`` requests, ``read`` answers until
+    ``grpc.aio.EOF``; a failed call raises ``grpc.aio.AioRpcError`` from ``read``. ``cancel`` ends it."""
+
+    def __init__(self, connection: _Connection, stream: int, call: _Call, method: StreamMethod) -> None:
+        self._connection, self._stream, self._call, self._method = connection, stream, call, method
+        self._messages: list[bytes] = []
+        self._next = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._unacknowledged = 0  # bytes received since this stream's receive window was last topped up
+        call.stream = self
+
+    def received(self, call: _Call, size: int) -> None:
+        """Called by the connection with DATA: split off every whole message."""
+        data = call.data
+        offset = 0
+        while len(data) - offset >= 5:
+            length = int.from_bytes(data[offset + 1 : offset + 5], "big")
+            if len(data) - offset - 5 < length:
+                break
+            self._messages.append(bytes(data[offset + 5 : offset + 5 + length]))
+            offset += 5 + length
+        if offset:
+            del data[:offset]
+        # A stream lives long: give its window back before it runs out (the connection's is topped up apart).
+        self._unacknowledged += size
+        if self._unacknowledged >= STREAM_WINDOW_TOPUP:
+            self._connection._write(_frame(_WINDOW_UPDATE, 0, self._stream, struct.pack(">I", self._unacknowledged)))
+            self._unacknowledged = 0
+        self.wake()
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def write(self, request: Any) -> None:
+        message = self._method.serialize(request)
+        await self._connection.send(self._stream, self._call, struct.pack(">BI", 0, len(message)) + message, False)
+
+    async def read(self) -> Any:
+        while self._next >= len(self._messages):
+            self._messages.clear()
+            self._next = 0
+            end = self._call.future
+            if end.done():
+                if end.cancelled():
+                    raise _error(grpc.StatusCode.CANCELLED, "the stream was cancelled")
+                error = end.exception()
+                if error is not None:
+                    raise error
+                return grpc.aio.EOF
+            self._waiter = self._connection.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        message = self._messages[self._next]
+        self._next += 1
+        return self._method.deserialize(message)
+
+    def cancel(self) -> None:
+        call = self._call
+        self._connection.cancel(self._stream)
+        if not call.future.done():
+            call.future.cancel()
 
 
 def _percent_decode(message: str) -> str:
@@ -559,6 +687,19 @@ class H2Channel:
             connection.cancel(stream)
             raise
         return method.deserialize(answer)
+
+    async def stream(self, method: StreamMethod) -> H2Stream:
+        """Open a streaming call (dialling first if need be, within the connect timeout)."""
+        connection = self._connection
+        if connection is None or connection.closed is not None:
+            connection = await self._ensure()
+        if connection.full:
+            await connection.stream_slot()
+        block = self._blocks.get(method.path)
+        if block is None:
+            block = self._blocks[method.path] = self._pseudo + _literal(":path", method.path) + self._regular
+        stream, call = connection.open_stream(block)
+        return H2Stream(connection, stream, call, method)
 
     async def close(self) -> None:
         self._closed = True

@@ -23,9 +23,10 @@ import hpack
 import pytest
 from aetcd.rpc import rpc_pb2, rpc_pb2_grpc
 
-from controlplane.storage.etcd import _KV_METHODS, _Failure, _classify
+from controlplane.storage import h2grpc
+from controlplane.storage.etcd import _WATCH, KV_METHODS, _Failure, _classify
 from controlplane.storage.etcd_process import LocalEtcd
-from controlplane.storage.h2grpc import H2Channel, UnaryMethod
+from controlplane.storage.h2grpc import H2Channel, StreamMethod, UnaryMethod
 
 _Compare = rpc_pb2.Compare
 
@@ -66,7 +67,7 @@ async def both(etcd: LocalEtcd) -> AsyncIterator[tuple[H2Channel, object]]:
 
 
 async def _h2(h2: H2Channel, method: str, request: object) -> object:
-    return await h2.unary(_KV_METHODS[method], request, 5.0)
+    return await h2.unary(KV_METHODS[method], request, 5.0)
 
 
 @etcd_test
@@ -153,7 +154,7 @@ async def test_an_unreachable_server_is_a_call_never_sent() -> None:
 @needs_etcd
 async def test_a_server_that_stops_answering_times_out_and_is_dialled_again(etcd: LocalEtcd) -> None:
     h2 = H2Channel(_target(etcd), ping_timeout=0.3)
-    method = _KV_METHODS["Range"]
+    method = KV_METHODS["Range"]
     await h2.unary(method, rpc_pb2.RangeRequest(key=b"/k"), 5.0)
     first = h2._connection
     assert etcd.pid is not None
@@ -189,6 +190,37 @@ async def test_a_killed_server_fails_calls_in_flight_as_uncertain(etcd: LocalEtc
     await h2.close()
 
 
+@etcd_test
+@needs_etcd
+async def test_a_watch_stream_delivers_what_grpc_aio_delivers(both: tuple[H2Channel, object], etcd: LocalEtcd) -> None:
+    h2, stub = both
+    create = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"/w/", range_end=b"/w0", prev_kv=True))
+    mine = await h2.stream(_WATCH)
+    await mine.write(create)
+    channel = grpc.aio.insecure_channel(_target(etcd))
+    theirs = rpc_pb2_grpc.WatchStub(channel).Watch()
+    await theirs.write(create)
+    assert (await mine.read()).created and (await theirs.read()).created
+    for i in range(50):
+        await _h2(h2, "Put", rpc_pb2.PutRequest(key=b"/w/%02d" % (i % 7), value=b"v%d" % i))
+
+    async def events(call: object, count: int) -> list[object]:
+        seen: list[object] = []
+        while len(seen) < count:
+            seen += (await call.read()).events
+        return seen
+
+    assert await events(mine, 50) == await events(theirs, 50)
+    mine.cancel()
+    theirs.cancel()
+    await channel.close()
+    # A new stream on the same connection after the cancelled one.
+    again = await h2.stream(_WATCH)
+    await again.write(create)
+    assert (await again.read()).created
+    again.cancel()
+
+
 async def _until(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0.01)
@@ -215,6 +247,13 @@ class Peer:
         if kind == 6 and flags & 1:
             self.ping_acks.append(payload)
         return kind, flags, stream & 0x7FFFFFFF, payload
+
+    async def next(self, wanted: int) -> tuple[int, int, int, bytes]:
+        """The next frame of type ``wanted``, skipping others (SETTINGS, WINDOW_UPDATE, PING acknowledgements)."""
+        while True:
+            frame = await self.frame()
+            if frame[0] == wanted:
+                return frame
 
     async def request(self) -> tuple[int, dict[str, str], bytes]:
         """The next call: its stream, headers and message (SETTINGS, WINDOW_UPDATE and PING frames skipped)."""
@@ -358,5 +397,100 @@ async def test_the_servers_limit_on_concurrent_streams_is_kept() -> None:
     answers = await asyncio.gather(*(h2.unary(_ECHO, b"%d" % i, 5) for i in range(5)))
     assert sorted(answers) == [b"0", b"1", b"2", b"3", b"4"]
     assert early == []
+    await h2.close()
+    server.close()
+
+
+_CHAT = StreamMethod("/test.Chat/Chat", lambda b: b, lambda b: b)
+
+
+def _message(payload: bytes) -> bytes:
+    return b"\0" + struct.pack(">I", len(payload)) + payload
+
+
+async def test_a_stream_reads_messages_across_frames_then_its_status() -> None:
+    async def script(peer: Peer) -> None:
+        stream = (await peer.next(1))[2]
+        peer.headers(stream, [(":status", "200"), ("content-type", "application/grpc")])
+        assert (await peer.next(0))[3] == _message(b"hello")  # the client's first message
+        both = _message(b"one") + _message(b"two")
+        peer.send(0, 0, stream, both[:6])  # a message split across frames, then two in one frame
+        peer.send(0, 0, stream, both[6:] + _message(b"three"))
+        peer.headers(stream, [("grpc-status", "0")], end_stream=True)
+        await peer.reader.read()
+
+    h2, server, _ = await scripted(script)
+    call = await h2.stream(_CHAT)
+    await call.write(b"hello")
+    assert [await call.read() for _ in range(3)] == [b"one", b"two", b"three"]
+    assert await call.read() is grpc.aio.EOF
+    await h2.close()
+    server.close()
+
+
+async def test_a_stream_that_ends_in_an_error_raises_it_after_its_messages() -> None:
+    async def script(peer: Peer) -> None:
+        stream = (await peer.next(1))[2]
+        peer.headers(stream, [(":status", "200"), ("content-type", "application/grpc")])
+        peer.send(0, 0, stream, _message(b"last"))
+        peer.headers(stream, [("grpc-status", "14"), ("grpc-message", "etcdserver: no leader")], end_stream=True)
+        await peer.reader.read()
+
+    h2, server, _ = await scripted(script)
+    call = await h2.stream(_CHAT)
+    assert await call.read() == b"last"
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await call.read()
+    assert failed.value.code() is grpc.StatusCode.UNAVAILABLE and _classify(failed.value) is _Failure.NOT_APPLIED
+    await h2.close()
+    server.close()
+
+
+async def test_a_long_stream_gives_its_window_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(h2grpc, "STREAM_WINDOW_TOPUP", 1000)
+    updates: list[tuple[int, int]] = []
+
+    async def script(peer: Peer) -> None:
+        stream = (await peer.next(1))[2]
+        peer.headers(stream, [(":status", "200"), ("content-type", "application/grpc")])
+        for _ in range(5):
+            peer.send(0, 0, stream, _message(b"x" * 495))  # 500 bytes of DATA each
+        while len(updates) < 2:
+            kind, _, on, payload = await peer.frame()
+            if kind == 8 and on == stream:
+                updates.append((on, struct.unpack(">I", payload)[0]))
+        await peer.reader.read()
+
+    h2, server, _ = await scripted(script)
+    call = await h2.stream(_CHAT)
+    assert [len(await call.read()) for _ in range(5)] == [495] * 5
+    await asyncio.wait_for(_until(lambda: len(updates) == 2), 5)
+    assert updates == [(1, 1000), (1, 1000)]
+    await h2.close()
+    server.close()
+
+
+async def test_a_stream_on_a_silent_server_fails_after_its_keepalive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(h2grpc, "KEEPALIVE_INTERVAL", 0.1)
+    monkeypatch.setattr(h2grpc, "KEEPALIVE_TIMEOUT", 0.2)
+    answer_pings = True
+    pings: list[bytes] = []
+
+    async def script(peer: Peer) -> None:
+        while True:
+            kind, flags, _, payload = await peer.frame()
+            if kind == 6 and not flags & 1:
+                pings.append(payload)
+                if answer_pings:
+                    peer.send(6, 1, 0, payload)
+
+    h2, server, _ = await scripted(script)
+    call = await h2.stream(_CHAT)
+    await asyncio.wait_for(_until(lambda: len(pings) >= 3), 5)  # answered: the stream stays open
+    assert h2._connection is not None and h2._connection.closed is None
+    answer_pings = False  # the server (or the path to it) goes silent
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await asyncio.wait_for(call.read(), 5)
+    assert failed.value.code() is grpc.StatusCode.UNAVAILABLE and "PING" in (failed.value.details() or "")
     await h2.close()
     server.close()
