@@ -1,4 +1,4 @@
-"""Fixtures shared by every test package: a real API server over HTTP, a kubeconfig for it, kubectl."""
+"""Fixtures shared by every test package: a real API server over HTTP, a kubeconfig for it, kubectl, a local etcd."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from controlplane.apiserver import ServerOptions
+from controlplane.storage.etcd_process import LocalEtcd
 from controlplane.testing import ThreadedApiServer
 
 
@@ -70,6 +71,17 @@ def _dump_tasks_before_timeout(request: pytest.FixtureRequest) -> Iterator[None]
         yield
     finally:
         timer.cancel()
+
+
+@pytest.fixture
+async def etcd(tmp_path: Path) -> AsyncIterator[LocalEtcd]:
+    """One etcd member on loopback ports under the test's tmp_path (the test skips itself when etcd is missing)."""
+    member = LocalEtcd(tmp_path / "etcd")
+    await member.start()
+    try:
+        yield member
+    finally:
+        await member.stop()
 
 
 @pytest.fixture

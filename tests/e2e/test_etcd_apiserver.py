@@ -283,16 +283,6 @@ class ApiserverProcess:
 
 
 @pytest.fixture
-async def etcd(tmp_path: Path) -> AsyncIterator[LocalEtcd]:
-    member = LocalEtcd(tmp_path / "etcd")
-    await member.start()
-    try:
-        yield member
-    finally:
-        await member.stop()
-
-
-@pytest.fixture
 def two_apiservers(etcd: LocalEtcd, tmp_path: Path) -> Iterator[tuple[ApiserverProcess, ApiserverProcess]]:
     store = f"etcd://127.0.0.1:{etcd.client_port}"
     # Started together, as replicas behind a load balancer are: both bootstrap the same initial objects at once.

@@ -8,7 +8,7 @@ import asyncio
 import shutil
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -44,16 +44,6 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture
-async def etcd(tmp_path: Path) -> AsyncIterator[LocalEtcd]:
-    member = LocalEtcd(tmp_path / "etcd")
-    await member.start()
-    try:
-        yield member
-    finally:
-        await member.stop()
 
 
 def test_missing_binary_names_the_package(tmp_path: Path) -> None:

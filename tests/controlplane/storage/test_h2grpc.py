@@ -16,7 +16,6 @@ import signal
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import grpc
 import hpack
@@ -38,16 +37,6 @@ etcd_test = pytest.mark.etcd
 needs_etcd = pytest.mark.skipif(
     shutil.which("etcd") is None, reason="the etcd binary is not installed (apt-get install etcd-server)"
 )
-
-
-@pytest.fixture
-async def etcd(tmp_path: Path) -> AsyncIterator[LocalEtcd]:
-    server = LocalEtcd(tmp_path / "etcd")
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def _target(server: LocalEtcd) -> str:
