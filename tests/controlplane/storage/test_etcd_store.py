@@ -288,8 +288,12 @@ async def test_mutual_tls(tmp_path: Path) -> None:
         # Without a client certificate the member refuses the handshake.
         anonymous = EtcdStore([member.endpoint], ca_file=tls.ca_file, timeout=0.5, compaction_interval=0)
         try:
+            watch = store.watch("/registry/pods/")  # a streaming call over TLS, as the watch cache makes
             created = await store.create("/registry/pods/default/a", b"x")
             assert await from_url.get("/registry/pods/default/a") == created
+            event = await asyncio.wait_for(anext(watch), 5)
+            assert (event.type, event.key, event.revision) == ("ADDED", "/registry/pods/default/a", created.revision)
+            await watch.aclose()
             with pytest.raises(UnavailableError):
                 await anonymous.get("/registry/pods/default/a")
         finally:
