@@ -502,6 +502,8 @@ class _Connection(asyncio.Protocol):
             self.liveness = None
 
     def close(self) -> None:
+        """Our side ends the connection: calls still open end as CANCELLED, not as a lost connection."""
+        self._fail_all(_error(grpc.StatusCode.CANCELLED, "the channel is closed"))
         if self.transport is not None:
             self._write(_frame(_GOAWAY, 0, 0, struct.pack(">II", 0, 0)))
             self.transport.close()

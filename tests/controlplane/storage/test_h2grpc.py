@@ -483,3 +483,21 @@ async def test_a_stream_on_a_silent_server_fails_after_its_keepalive(monkeypatch
     assert failed.value.code() is grpc.StatusCode.UNAVAILABLE and "PING" in (failed.value.details() or "")
     await h2.close()
     server.close()
+
+
+async def test_closing_the_channel_cancels_its_open_calls() -> None:
+    async def script(peer: Peer) -> None:
+        await peer.request()  # never answered
+        await peer.reader.read()
+
+    h2, server, _ = await scripted(script)
+    call = asyncio.ensure_future(h2.unary(_ECHO, b"x", 5))
+    await asyncio.wait_for(_until(lambda: h2._connection is not None and bool(h2._connection.calls)), 5)
+    await h2.close()
+    with pytest.raises(grpc.aio.AioRpcError) as closed:
+        await call
+    assert closed.value.code() is grpc.StatusCode.CANCELLED
+    with pytest.raises(grpc.aio.AioRpcError) as after:
+        await h2.unary(_ECHO, b"y", 5)
+    assert after.value.code() is grpc.StatusCode.CANCELLED
+    server.close()
