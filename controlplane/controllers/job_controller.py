@@ -580,8 +580,10 @@ class JobController:
                 ctx.finished = new_condition("FailureTarget", "True", "DeadlineExceeded",
                                              "Job was active longer than specified deadline", self._now())
             elif spec.get("activeDeadlineSeconds") is not None and not is_suspended(job):
+                # The deadline is an instant: a delay from `now`, read before the pods were listed, would land
+                # late by however long the sync has taken since (or by a step of a test's clock).
                 started = parse_time(status.get("startTime")) or now
-                self.timers.after(key, started + int(spec["activeDeadlineSeconds"]) - now)
+                self.timers.at(key, started + int(spec["activeDeadlineSeconds"]))
         if is_indexed(job):
             completions = completions_of(job) or 0
             ctx.prev_indexes = parse_indexes(status.get("completedIndexes"), completions)
