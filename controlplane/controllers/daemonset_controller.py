@@ -404,7 +404,7 @@ class DaemonSetController:
                         backoff_key = f"{key}/{name}"
                         delay, last = self._failed_backoff.get(backoff_key, (0.0, 0.0))
                         if delay and now - last < delay:
-                            self.timers.after(key, delay - (now - last))
+                            self.timers.at(key, last + delay)  # an instant: `now` was read earlier in the sync
                             continue
                         new_delay = min(FAILED_POD_BACKOFF[1], delay * 2 if delay else FAILED_POD_BACKOFF[0])
                         self._failed_backoff[backoff_key] = (new_delay, now)
