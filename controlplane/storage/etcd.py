@@ -4,8 +4,8 @@ where kube-apiserver keeps it.
 It speaks etcd's gRPC API with the protobuf messages that ship with ``aetcd``, over ``h2grpc``: gRPC on an asyncio
 HTTP/2 connection of our own, at a third of grpc.aio's CPU per call and without the gRPC C core's threads (see that
 module). aetcd's own client dials a single host without TLS, and the store needs several endpoints, failover, TLS
-and precise control over which failed writes may be resent. Revisions are etcd's,
-compare-and-swap is an etcd transaction, and periodic compaction follows kube-apiserver's compactor.
+and precise control over which failed writes may be resent. Revisions are etcd's, compare-and-swap is an etcd
+transaction, and periodic compaction follows kube-apiserver's compactor.
 """
 
 from __future__ import annotations
