@@ -374,10 +374,14 @@ class _Connection(asyncio.Protocol):
         if self.keepalive is not None:
             self.keepalive.cancel()
 
+    def _refuse(self) -> grpc.aio.AioRpcError:
+        assert self.closed is not None
+        return _error(grpc.StatusCode.UNAVAILABLE, f"{self.closed.details()}; the call was not processed")
+
     def open_stream(self, header_block: bytes) -> tuple[int, _Call]:
         """Open a streaming call's stream: its headers now, its messages as they are written."""
         if self.closed is not None:
-            raise self.closed
+            raise self._refuse()
         stream = self.next_stream
         self.next_stream += 2
         call = _Call(self.loop.create_future(), self.peer_initial_window)
@@ -425,7 +429,7 @@ class _Connection(asyncio.Protocol):
         """Open a stream and send the whole request if the windows allow (a negative stream id: the caller sends
         the rest with send_rest). Only when ``full`` is False."""
         if self.closed is not None:
-            raise self.closed
+            raise self._refuse()
         stream = self.next_stream
         self.next_stream += 2
         if self.next_stream > _LAST_STREAM_ID:
@@ -466,7 +470,7 @@ class _Connection(asyncio.Protocol):
             self.stream_freed.clear()
             await self.stream_freed.wait()
         if self.closed is not None:
-            raise _error(grpc.StatusCode.UNAVAILABLE, f"{self.closed.details()}; the call was not processed")
+            raise self._refuse()
 
     def cancel(self, stream: int) -> None:
         if self._end(stream) is not None:
@@ -630,16 +634,25 @@ class H2Channel:
         self._closed = False
 
     async def _connect(self) -> _Connection:
+        """Dial, and wait for the server's SETTINGS: until then nothing was sent, so every failure here is
+        "failed to connect" (a call may go to another member)."""
         loop = asyncio.get_running_loop()
+        protocol: _Connection | None = None
         try:
             async with asyncio.timeout(self._connect_timeout):
                 _, protocol = await loop.create_connection(
                     lambda: _Connection(loop, self.target, self._ping_timeout), self._host, self._port, ssl=self._ssl,
                     server_hostname=self._host if self._ssl is not None else None)
                 await protocol.ready
-        except (OSError, TimeoutError) as e:  # ssl.SSLError is an OSError
-            plain = isinstance(e, OSError) and e.errno and not isinstance(e, ssl.SSLError)
-            why = os.strerror(e.errno) if plain else (str(e) or "timed out")
+        except (OSError, TimeoutError, grpc.aio.AioRpcError) as e:  # ssl.SSLError is an OSError
+            if protocol is not None and protocol.transport is not None:
+                protocol.transport.abort()  # e.g. a server that never speaks HTTP/2
+            if isinstance(e, grpc.aio.AioRpcError):
+                why = e.details()
+            elif isinstance(e, OSError) and e.errno and not isinstance(e, ssl.SSLError):
+                why = os.strerror(e.errno)
+            else:
+                why = str(e) or "no HTTP/2 answer in time"
             raise _error(grpc.StatusCode.UNAVAILABLE, f"failed to connect to {self.target}: {why}") from e
         return protocol
 

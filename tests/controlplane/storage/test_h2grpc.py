@@ -10,6 +10,7 @@ scripted server written for these tests: the one stand-in here, for what real et
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -500,4 +501,22 @@ async def test_closing_the_channel_cancels_its_open_calls() -> None:
     with pytest.raises(grpc.aio.AioRpcError) as after:
         await h2.unary(_ECHO, b"y", 5)
     assert after.value.code() is grpc.StatusCode.CANCELLED
+    server.close()
+
+
+async def test_a_server_that_never_speaks_http2_is_a_failed_dial() -> None:
+    hung_up = asyncio.get_running_loop().create_future()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # reads the preface, answers nothing, until the client hangs up
+        hung_up.set_result(True)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    h2 = H2Channel(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", connect_timeout=0.3)
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await h2.unary(_ECHO, b"x", 5)
+    assert failed.value.code() is grpc.StatusCode.UNAVAILABLE and _classify(failed.value) is _Failure.NOT_APPLIED
+    assert await asyncio.wait_for(hung_up, 5)  # the client did not leave the socket open
+    await h2.close()
     server.close()
