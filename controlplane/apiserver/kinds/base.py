@@ -178,6 +178,15 @@ def immutable(new: dict[str, Any], old: dict[str, Any], path: str, message: str 
     return []
 
 
+def selector_text(selector: dict[str, Any] | None) -> str:
+    """A label selector as kubectl prints it in a column ("app=web,tier in (a,b)"), "<none>" when it is empty."""
+    sel = selector or {}
+    parts = [f"{k}={v}" for k, v in (sel.get("matchLabels") or {}).items()]
+    for e in sel.get("matchExpressions") or []:
+        parts.append(f"{e.get('key')} {e.get('operator', '').lower()} ({','.join(e.get('values') or [])})")
+    return ",".join(parts) or "<none>"
+
+
 def get_path(obj: dict[str, Any], path: str, default: Any = None) -> Any:
     node: Any = obj
     for part in path.split("."):

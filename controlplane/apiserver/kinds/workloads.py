@@ -12,7 +12,7 @@ from typing import Any
 
 from controlplane.apiserver import jsonutil
 from controlplane.apiserver.errors import Cause
-from controlplane.apiserver.kinds.base import Column, Strategy, Table, get_path, immutable, path_getter
+from controlplane.apiserver.kinds.base import Column, Strategy, Table, get_path, immutable, path_getter, selector_text
 from controlplane.apiserver.kinds.core import default_pod_spec, validate_pod_spec
 from controlplane.apiserver.registry import ResourceType, ScaleSpec
 from controlplane.apiserver.selectors import LabelSelector
@@ -88,11 +88,7 @@ def _images(obj: dict[str, Any], template: str = "spec.template") -> list[str]:
 
 
 def _selector_text(obj: dict[str, Any]) -> str:
-    sel = get_path(obj, "spec.selector") or {}
-    parts = [f"{k}={v}" for k, v in (sel.get("matchLabels") or {}).items()]
-    for e in sel.get("matchExpressions") or []:
-        parts.append(f"{e.get('key')} {e.get('operator', '').lower()} ({','.join(e.get('values') or [])})")
-    return ",".join(parts) or "<none>"
+    return selector_text(get_path(obj, "spec.selector"))
 
 
 WIDE = [Column("Containers", priority=1), Column("Images", priority=1), Column("Selector", priority=1)]
