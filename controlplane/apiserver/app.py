@@ -30,6 +30,7 @@ from controlplane.apiserver.openapi import OpenApiCache
 from controlplane.apiserver.registry import Registry, ResourceType
 from controlplane.apiserver.resource_store import NamespaceChecker, ResourceStore, WriteContext
 from controlplane.apiserver.selectors import FieldSelector, LabelSelector
+from controlplane.apiserver.tokens import TokenIssuer
 from controlplane.storage import Store
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class ServerState:
     metrics_source: metrics_api.MetricsSource | None = None  # serves metrics.k8s.io (kubectl top, HPA) when set
     custom_groups: set[str] = field(default_factory=set)
     server_address: str = "127.0.0.1:6443"
+    tokens: TokenIssuer = field(default_factory=TokenIssuer)  # signs serviceaccounts/{name}/token answers
 
     def __post_init__(self) -> None:
         self.allocator = self.allocator or ServiceAllocator(self.options.service_cidr)
@@ -278,6 +280,12 @@ def create_app(state: ServerState) -> Starlette:
     async def not_found(request: Request) -> Response:
         return error_response(errors.not_found_path())
 
+    async def openid_configuration(request: Request) -> Response:
+        return json_response(state.tokens.openid_configuration())
+
+    async def jwks(request: Request) -> Response:
+        return Response(jsonutil.dumps(state.tokens.jwks()), media_type="application/jwk-set+json")
+
     for path in ("/healthz", "/livez", "/readyz"):
         app.add_route(path, healthy, methods=["GET"])
     app.add_route("/version", version, methods=["GET"])
@@ -288,6 +296,8 @@ def create_app(state: ServerState) -> Starlette:
     app.add_route("/apis/{group}/{version}", api_group_version, methods=["GET"])
     app.add_route("/openapi/v3", openapi_root, methods=["GET"])
     app.add_route("/openapi/v3/{path:path}", openapi_document, methods=["GET"])
+    app.add_route("/.well-known/openid-configuration", openid_configuration, methods=["GET"])
+    app.add_route("/openid/v1/jwks", jwks, methods=["GET"])
     app.add_route("/api/v1/{path:path}", handlers.core, methods=methods)
     # kubectl exec (1.30+) upgrades to a WebSocket (v5.channel.k8s.io); HTTP routes never see WebSocket scopes.
     app.router.add_websocket_route("/api/v1/namespaces/{namespace}/pods/{name}/{subresource}", handlers.pod_stream)

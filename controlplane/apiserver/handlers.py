@@ -20,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from controlplane.apiserver import errors, fieldmanager, jsonutil, patch, protobuf, tables
+from controlplane.apiserver import errors, fieldmanager, jsonutil, patch, protobuf, tables, tokens
 from controlplane.apiserver.cacher import WatchClosed
 from controlplane.apiserver.errors import ApiError
 from controlplane.apiserver.kinds.base import get_path, set_path
@@ -310,6 +310,8 @@ class ApiHandlers:
             return await self.finalize(request, store, t)
         if sub == "eviction" and method == "POST":
             return await self.evict(request, store, t)
+        if sub == "token" and method == "POST" and t.rt.group == "" and t.rt.plural == "serviceaccounts":
+            return await self.token_request(request, store, t)
         if sub in ("log", "exec", "attach", "portforward", "proxy"):
             proxy = self.state.node_proxy
             if proxy is None:
@@ -670,6 +672,24 @@ class ApiHandlers:
         await store.delete(t.namespace, t.name, options, ctx)
         return json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                               "code": 201}, 201)
+
+    async def token_request(self, request: Request, store: ResourceStore, t: Target) -> Response:
+        """POST serviceaccounts/{name}/token: a signed token for the service account (see tokens.py)."""
+        assert t.name is not None
+        spec = tokens.check_request(await read_body(request), t.name)
+        account = await store.get(t.namespace, t.name)
+        bound = None
+        ref = spec.get("boundObjectRef")
+        if ref is not None:
+            kind_store = self.state.stores[tokens.BOUND_KINDS[ref["kind"]]]
+            bound = await kind_store.get(t.namespace if kind_store.rt.namespaced else None, ref["name"])
+            uid = bound["metadata"]["uid"]
+            if ref.get("uid") and ref["uid"] != uid:
+                raise errors.conflict(ref["kind"], "", ref["name"], f"the UID in the bound object reference "
+                                      f"({ref['uid']}) does not match the UID in record. The object might have "
+                                      "been deleted and then recreated")
+            spec["boundObjectRef"] = {**ref, "uid": uid}
+        return json_response(tokens.issue(self.state.tokens, account, spec, bound), 201)
 
 
 def _warn(ctx: WriteContext, response: Response) -> Response:
