@@ -378,15 +378,23 @@ class _Connection(asyncio.Protocol):
         assert self.closed is not None
         return _error(grpc.StatusCode.UNAVAILABLE, f"{self.closed.details()}; the call was not processed")
 
-    def open_stream(self, header_block: bytes) -> tuple[int, _Call]:
-        """Open a streaming call's stream: its headers now, its messages as they are written."""
+    def _new_call(self) -> tuple[int, _Call]:
+        """The next stream id and its call, registered. Only when ``full`` is False."""
         if self.closed is not None:
             raise self._refuse()
         stream = self.next_stream
         self.next_stream += 2
-        call = _Call(self.loop.create_future(), self.peer_initial_window)
+        if self.next_stream > _LAST_STREAM_ID:
+            # Stream ids are spent: this connection finishes its calls and the next call dials a new one.
+            self.goaway = True
+            self.closed = _error(grpc.StatusCode.UNAVAILABLE, "the connection has used every stream id")
+        call = self.calls[stream] = _Call(self.loop.create_future(), self.peer_initial_window)
+        return stream, call
+
+    def open_stream(self, header_block: bytes) -> tuple[int, _Call]:
+        """Open a streaming call's stream: its headers now, its messages as they are written."""
+        stream, call = self._new_call()
         call.future.add_done_callback(_retrieved)
-        self.calls[stream] = call
         self._write(_frame(_HEADERS, _END_HEADERS, stream, header_block))
         if self.keepalive is None:
             self.keepalive = asyncio.ensure_future(self._keep_alive())
@@ -425,38 +433,26 @@ class _Connection(asyncio.Protocol):
                 break
         return True
 
-    def start(self, header_block: bytes, message: bytes, deadline: float) -> tuple[int, _Call]:
-        """Open a stream and send the whole request if the windows allow (a negative stream id: the caller sends
-        the rest with send_rest). Only when ``full`` is False."""
-        if self.closed is not None:
-            raise self._refuse()
-        stream = self.next_stream
-        self.next_stream += 2
-        if self.next_stream > _LAST_STREAM_ID:
-            # Stream ids are spent: this connection finishes its calls and the next call dials a new one.
-            self.goaway = True
-            self.closed = _error(grpc.StatusCode.UNAVAILABLE, "the connection has used every stream id")
-        call = _Call(self.loop.create_future(), self.peer_initial_window)
+    def start(self, header_block: bytes, message: bytes, deadline: float) -> tuple[int, _Call, bytes]:
+        """Open a unary call's stream, ended by its timer at ``deadline``, and send its request in the same write
+        when the windows allow; what they do not is returned, for send_rest."""
+        stream, call = self._new_call()
         call.timer = self.loop.call_at(deadline, self._expire, stream)
-        self.calls[stream] = call
         body = struct.pack(">BI", 0, len(message)) + message
         size = len(body)
+        assert self.transport is not None
         if size <= self.send_window and size <= call.send_window and size <= self.peer_max_frame:
             self.send_window -= size
             call.send_window -= size
-            assert self.transport is not None
             self.transport.write(
                 _frame(_HEADERS, _END_HEADERS, stream, header_block) + _frame(_DATA, _END_STREAM, stream, body))
-            return stream, call
-        assert self.transport is not None
+            return stream, call, b""
         self.transport.write(_frame(_HEADERS, _END_HEADERS, stream, header_block))
-        call.data = bytearray(body)  # to send: the answer's DATA arrives only after all of it went out
-        return -stream, call
+        return stream, call, body
 
-    async def send_rest(self, stream: int, call: _Call) -> None:
+    async def send_rest(self, stream: int, call: _Call, body: bytes) -> None:
         """Send a request body larger than the windows, as the server opens them. A server may answer before it
         has read the whole body (a request over its size limit): then the rest is not sent."""
-        body, call.data = bytes(call.data), bytearray()
         if not await self.send(stream, call, body, end=True):
             self._write(_frame(_RST_STREAM, 0, stream, struct.pack(">I", _CANCEL)))
 
@@ -672,31 +668,39 @@ class H2Channel:
         if not future.cancelled() and future.exception() is None:
             self._connection = future.result()
 
-    async def unary(self, method: UnaryMethod, request: Any, timeout: float) -> Any:
-        """One call; ``timeout`` (seconds) bounds all of it, dialling included, and is sent as grpc-timeout."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        connection = self._connection
-        if connection is None or connection.closed is not None:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    connection = await self._ensure()
-            except TimeoutError:
-                raise _error(grpc.StatusCode.UNAVAILABLE, f"failed to connect to {self.target} in time") from None
+    def _block(self, method: UnaryMethod) -> bytes:
         block = self._blocks.get(method.path)
         if block is None:
             block = self._blocks[method.path] = self._pseudo + _literal(":path", method.path) + self._regular
-        if connection.full:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await connection.stream_slot()
-            except TimeoutError:
-                raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded waiting for a stream") from None
-        # The call's own timer (see _Connection._expire) ends it at the deadline.
-        stream, call = connection.start(block + _timeout_header(timeout), method.serialize(request), deadline)
+        return block
+
+    async def _room(self, deadline: float | None) -> _Connection:
+        """A connection with room for one more stream, dialled and waited for until ``deadline`` (None: the
+        connect timeout alone). Nothing is sent before it returns, so running out of time is "not applied"."""
+        connection = self._connection
+        if connection is not None and connection.closed is None and not connection.full:
+            return connection
+        why = f"failed to connect to {self.target} in time"
         try:
-            if stream < 0:
-                stream = -stream
-                await connection.send_rest(stream, call)
+            async with asyncio.timeout_at(deadline):
+                if connection is None or connection.closed is not None:
+                    connection = await self._ensure()
+                why = f"{self.target} had no stream free in time; the call was not processed"
+                await connection.stream_slot()
+        except TimeoutError:
+            raise _error(grpc.StatusCode.UNAVAILABLE, why) from None
+        return connection
+
+    async def unary(self, method: UnaryMethod, request: Any, timeout: float) -> Any:
+        """One call; ``timeout`` (seconds) bounds all of it, dialling included, and is sent as grpc-timeout."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        connection = await self._room(deadline)
+        # The call's own timer (see _Connection._expire) ends it at the deadline.
+        stream, call, rest = connection.start(self._block(method) + _timeout_header(timeout),
+                                              method.serialize(request), deadline)
+        try:
+            if rest:
+                await connection.send_rest(stream, call, rest)
             answer = await call.future
         except asyncio.CancelledError:
             connection.cancel(stream)
@@ -705,15 +709,8 @@ class H2Channel:
 
     async def stream(self, method: StreamMethod) -> H2Stream:
         """Open a streaming call (dialling first if need be, within the connect timeout)."""
-        connection = self._connection
-        if connection is None or connection.closed is not None:
-            connection = await self._ensure()
-        if connection.full:
-            await connection.stream_slot()
-        block = self._blocks.get(method.path)
-        if block is None:
-            block = self._blocks[method.path] = self._pseudo + _literal(":path", method.path) + self._regular
-        stream, call = connection.open_stream(block)
+        connection = await self._room(None)
+        stream, call = connection.open_stream(self._block(method))
         return H2Stream(connection, stream, call, method)
 
     async def close(self) -> None:
