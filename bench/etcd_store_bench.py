@@ -1,8 +1,7 @@
 """EtcdStore's cost over the etcd client it is built on, run on demand: writes/s, gets/s and watch latency (time from
 a put being sent to its event arriving, p50/p99) at 1 and 32 concurrent callers, for the raw gRPC stubs on
-grpc.aio (the transport aetcd uses; EtcdStore's watches use it too), the same requests over h2grpc (the transport
-of EtcdStore's unary calls, called directly) and for EtcdStore, in one run, with the ratios. aetcd's high-level
-client is shown for reference.
+grpc.aio (the transport aetcd uses), the same requests over h2grpc (EtcdStore's transport, called directly) and
+for EtcdStore, in one run, with the ratios. aetcd's high-level client is shown for reference.
 
 A store create is a transaction (create only if absent), so writes are measured three ways: a raw Put, the raw
 transaction EtcdStore sends, and EtcdStore.create. The wrapper's own cost is the last two; the price of
@@ -99,8 +98,8 @@ def fresh_prefix(label: str) -> bytes:
 
 
 class Raw:
-    """The generated etcd gRPC stubs on a grpc.aio channel (aetcd's transport, and EtcdStore's for watches), and
-    the same unary requests on an h2grpc channel (EtcdStore's transport for them), without EtcdStore."""
+    """The generated etcd gRPC stubs on a grpc.aio channel (aetcd's transport), and the same unary requests on an
+    h2grpc channel (EtcdStore's transport), without EtcdStore."""
 
     def __init__(self, target: str) -> None:
         self.channel = grpc.aio.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)])

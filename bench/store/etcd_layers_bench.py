@@ -1,5 +1,5 @@
 """What each layer over etcd costs, in one run: raw etcd (aetcd's gRPC stubs on grpc.aio, called directly; and the
-same requests on h2grpc, the transport EtcdStore's unary calls use), EtcdStore, and the API server on etcd
+same requests on h2grpc, EtcdStore's transport), EtcdStore, and the API server on etcd
 (`ccmkit apiserver --store etcd://...` in its own process, over HTTP), with the same figures for sqlite
 (SqliteStore in-process, the API server on `--store sqlite`) beside them.
 
