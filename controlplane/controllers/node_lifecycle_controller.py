@@ -86,7 +86,7 @@ class NodeLifecycleController:
     def setup(self, client: ApiClient, informers: SharedInformerFactory, enqueue: Enqueue) -> None:
         self.client = client
         self.enqueue = enqueue
-        self.recorder = EventRecorder(client, "node-controller")
+        self.recorder = EventRecorder(client, "node-controller", self.clock)
         self.nodes = informers.informer(NODES)
         self.leases = informers.informer(LEASES, LEASE_NAMESPACE)
         self.pods = informers.informer(PODS)
