@@ -8,11 +8,12 @@ import itertools
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from storage_helpers import wait_until
 
 from controlplane.storage import KeyExistsError, UnavailableError, WatchEvent
 from controlplane.storage.etcd import EtcdStore
@@ -31,15 +32,6 @@ PREFIX = "/registry/pods/default/"
 # The store's per-operation budget. A write in flight on a follower when the leader dies is lost with the leader
 # and only ends at this deadline (etcd does not fail pending proposals on a leader change), so it bounds the outage.
 STORE_TIMEOUT = 2.0
-
-
-async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; for states that offer nothing to await (a process catching up)."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

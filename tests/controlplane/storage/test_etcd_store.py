@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from storage_helpers import closed_port, wait_until
 
 from controlplane.storage import (
     ConflictError,
@@ -28,22 +27,6 @@ needs_etcd = pytest.mark.skipif(
     shutil.which("etcd") is None, reason="the etcd binary is not installed (apt-get install etcd-server)"
 )
 pytestmark = [pytest.mark.timeout(30)]
-
-
-async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; for states that offer nothing to await (a background timer's effect)."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_missing_binary_names_the_package(tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -22,9 +21,10 @@ import grpc
 import hpack
 import pytest
 from aetcd.rpc import rpc_pb2, rpc_pb2_grpc
+from storage_helpers import closed_port, wait_until
 
 from controlplane.storage import h2grpc
-from controlplane.storage.etcd import _WATCH, KV_METHODS, _Failure, _classify
+from controlplane.storage.etcd import _WATCH, KV_METHODS, _classify, _Failure
 from controlplane.storage.etcd_process import LocalEtcd
 from controlplane.storage.h2grpc import H2Channel, StreamMethod, UnaryMethod
 
@@ -129,10 +129,7 @@ async def test_many_concurrent_calls_on_one_connection(both: tuple[H2Channel, ob
 
 
 async def test_an_unreachable_server_is_a_call_never_sent() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
-    h2 = H2Channel(f"127.0.0.1:{port}")
+    h2 = H2Channel(f"127.0.0.1:{closed_port()}")
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await _h2(h2, "Range", rpc_pb2.RangeRequest(key=b"/k"))
     assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
@@ -155,7 +152,7 @@ async def test_a_server_that_stops_answering_times_out_and_is_dialled_again(etcd
         assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         assert _classify(failed.value) is _Failure.UNCERTAIN
         # The unanswered PING that follows a timeout drops the connection.
-        await asyncio.wait_for(_until(lambda: first is not None and first.closed is not None), 5)
+        await wait_until(lambda: first is not None and first.closed is not None, 5, "the connection to be dropped")
     finally:
         os.kill(etcd.pid, signal.SIGCONT)
     answer = await h2.unary(method, rpc_pb2.RangeRequest(key=b"/k"), 5.0)
@@ -171,7 +168,7 @@ async def test_a_killed_server_fails_calls_in_flight_as_uncertain(etcd: LocalEtc
     assert etcd.pid is not None
     os.kill(etcd.pid, signal.SIGSTOP)
     call = asyncio.ensure_future(_h2(h2, "Put", rpc_pb2.PutRequest(key=b"/k", value=b"v")))
-    await asyncio.wait_for(_until(lambda: h2._connection is not None and bool(h2._connection.calls)), 5)  # sent
+    await wait_until(lambda: h2._connection is not None and bool(h2._connection.calls), 5, "the call to be sent")
     os.kill(etcd.pid, signal.SIGKILL)
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await call
@@ -209,11 +206,6 @@ async def test_a_watch_stream_delivers_what_grpc_aio_delivers(both: tuple[H2Chan
     await again.write(create)
     assert (await again.read()).created
     again.cancel()
-
-
-async def _until(condition: Callable[[], bool]) -> None:
-    while not condition():
-        await asyncio.sleep(0.01)
 
 
 # ---- a scripted HTTP/2 server, for what etcd will not do on demand ----------------------------------------
@@ -454,7 +446,7 @@ async def test_a_long_stream_gives_its_window_back(monkeypatch: pytest.MonkeyPat
     h2, server, _ = await scripted(script)
     call = await h2.stream(_CHAT)
     assert [len(await call.read()) for _ in range(5)] == [495] * 5
-    await asyncio.wait_for(_until(lambda: len(updates) == 2), 5)
+    await wait_until(lambda: len(updates) == 2, 5, "two WINDOW_UPDATEs")
     assert updates == [(1, 1000), (1, 1000)]
     await h2.close()
     server.close()
@@ -476,7 +468,7 @@ async def test_a_stream_on_a_silent_server_fails_after_its_keepalive(monkeypatch
 
     h2, server, _ = await scripted(script)
     call = await h2.stream(_CHAT)
-    await asyncio.wait_for(_until(lambda: len(pings) >= 3), 5)  # answered: the stream stays open
+    await wait_until(lambda: len(pings) >= 3, 5, "three keepalive PINGs")  # answered: the stream stays open
     assert h2._connection is not None and h2._connection.closed is None
     answer_pings = False  # the server (or the path to it) goes silent
     with pytest.raises(grpc.aio.AioRpcError) as failed:
@@ -493,7 +485,7 @@ async def test_closing_the_channel_cancels_its_open_calls() -> None:
 
     h2, server, _ = await scripted(script)
     call = asyncio.ensure_future(h2.unary(_ECHO, b"x", 5))
-    await asyncio.wait_for(_until(lambda: h2._connection is not None and bool(h2._connection.calls)), 5)
+    await wait_until(lambda: h2._connection is not None and bool(h2._connection.calls), 5, "the call to be sent")
     await h2.close()
     with pytest.raises(grpc.aio.AioRpcError) as closed:
         await call
